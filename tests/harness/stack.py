@@ -1,0 +1,288 @@
+"""The real stack on loopback: Consul, HAProxy, Prometheus, Alertmanager, a Docker API engine, moto.
+
+A Stack owns a work directory, every process it starts and every cleanup it registers;
+close() undoes all of it in reverse order, also after a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from .proc import HarnessError, Process, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ROOT / ".tools" / "bin"
+CONTAINERS_CONF = Path(__file__).with_name("containers.conf")
+
+
+def _get_ok(url: str, **kw) -> bool:
+    return requests.get(url, timeout=2, **kw).ok
+
+
+def _which(name: str, *candidates: Path) -> str:
+    for c in candidates:
+        if c.exists():
+            return str(c)
+    found = shutil.which(name)
+    if not found:
+        raise HarnessError(f"{name} is not installed: run `make deps`")
+    return found
+
+
+@dataclass
+class Stack:
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="skynet-stack-")))
+    processes: list[Process] = field(default_factory=list)
+    _cleanups: list = field(default_factory=list)
+
+    def path(self, *parts: str) -> Path:
+        p = self.workdir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def start(self, name: str, argv: list, env: dict | None = None) -> Process:
+        proc = Process(name, argv, self.path("logs", f"{name}.log"), env=env, cwd=self.workdir)
+        self.processes.append(proc)
+        self.on_close(proc.stop)
+        return proc
+
+    def on_close(self, fn):
+        self._cleanups.append(fn)
+
+    def logs(self, lines: int = 40) -> str:
+        return "\n".join(p.tail(lines) for p in self.processes)
+
+    def close(self):
+        errors = []
+        while self._cleanups:
+            fn = self._cleanups.pop()
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - keep cleaning, report at the end
+                errors.append(f"{getattr(fn, '__qualname__', fn)}: {e}")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        if errors:
+            raise HarnessError("cleanup failed: " + "; ".join(errors))
+
+    # -- components -------------------------------------------------------------------------
+
+    def consul(self, name: str = "consul") -> Consul:
+        ports = {k: free_port() for k in ("http", "dns", "serf_lan", "serf_wan", "server")}
+        config = {
+            "node_name": name,
+            "datacenter": "dc1",
+            "data_dir": str(self.path(name, "data")),
+            "bind_addr": "127.0.0.1",
+            "advertise_addr": "127.0.0.1",
+            "client_addr": "127.0.0.1",
+            "ports": {**ports, "grpc": -1, "https": -1},
+            "ui": True,
+            "disable_update_check": True,
+            "log_level": "INFO",
+            "enable_local_script_checks": False,
+            "telemetry": {"prometheus_retention_time": "60s", "disable_hostname": True},
+        }
+        cfg = self.path(name, "consul.json")
+        cfg.write_text(json.dumps(config))
+        binary = _which("consul", TOOLS / "consul")
+        proc = self.start(name, [binary, "agent", "-dev", f"-config-file={cfg}"])
+        c = Consul(proc, ports["http"], ports["dns"])
+        proc.wait_ready(lambda: requests.get(f"{c.url}/v1/status/leader", timeout=2).json())
+        return c
+
+    def haproxy(self, body: str, name: str = "haproxy") -> HAProxy:
+        h = HAProxy(self, name, self.path(name, "haproxy.cfg"), self.path(name, "admin.sock"), free_port())
+        h.write(body)
+        binary = _which("haproxy")
+        proc = self.start(name, [binary, "-W", "-db", "-f", h.cfg])
+        h.process = proc
+        proc.wait_ready(lambda: _get_ok(f"{h.stats_url}/metrics"))
+        return h
+
+    def prometheus(self, config: dict, rules: dict | None = None, consul_sd: bool = False,
+                   name: str = "prometheus") -> Prometheus:
+        binary = _which("prometheus-consul-sd", TOOLS / "prometheus-consul-sd") if consul_sd else _which("prometheus")
+        port = free_port()
+        cfg = self.path(name, "prometheus.yml")
+        if rules:
+            rules_file = self.path(name, "rules.yml")
+            rules_file.write_text(json.dumps(rules))
+            config = {**config, "rule_files": [str(rules_file)]}
+        cfg.write_text(json.dumps(config))
+        proc = self.start(name, [
+            binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.path(name, 'data')}",
+            f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
+        ])
+        p = Prometheus(proc, f"http://127.0.0.1:{port}", cfg)
+        proc.wait_ready(lambda: _get_ok(f"{p.url}/-/ready"))
+        return p
+
+    def alertmanager(self, config: dict | None = None, name: str = "alertmanager") -> Alertmanager:
+        port = free_port()
+        config = config or {"route": {"receiver": "null"}, "receivers": [{"name": "null"}]}
+        cfg = self.path(name, "alertmanager.yml")
+        cfg.write_text(json.dumps(config))
+        binary = _which("prometheus-alertmanager")
+        proc = self.start(name, [
+            binary, f"--config.file={cfg}", f"--storage.path={self.path(name, 'data')}",
+            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
+        ])
+        a = Alertmanager(proc, f"http://127.0.0.1:{port}")
+        proc.wait_ready(lambda: _get_ok(f"{a.url}/-/ready"))
+        return a
+
+    def podman(self, name: str = "podman") -> Engine:
+        """A Docker API engine served by Podman, with storage of its own inside the work dir."""
+        podman = _which("podman")
+        storage = ["--root", str(self.path(name, "root")), "--runroot", str(self.path(name, "run")),
+                   "--storage-driver", "vfs"]
+        env = {"CONTAINERS_CONF": str(CONTAINERS_CONF)}
+        sock = self.path(name, "docker.sock")
+        cli = [podman, *storage]
+
+        def remove_everything():
+            subprocess.run([*cli, "rm", "--all", "--force", "--time", "0"], env={**os.environ, **env},
+                           capture_output=True, timeout=120)
+            subprocess.run([*cli, "system", "reset", "--force"], env={**os.environ, **env},
+                           capture_output=True, timeout=120)
+
+        # Registered before the service so containers go even if the service dies first.
+        self.on_close(remove_everything)
+        proc = self.start(name, [*cli, "system", "service", "--time=0", f"unix://{sock}"], env=env)
+        e = Engine(proc, f"unix://{sock}", cli, env)
+        proc.wait_ready(lambda: e.client().ping())
+        return e
+
+    def moto(self, name: str = "moto") -> Moto:
+        port = free_port()
+        binary = _which("moto_server", ROOT / ".venv" / "bin" / "moto_server")
+        proc = self.start(name, [binary, "-H", "127.0.0.1", "-p", str(port)])
+        m = Moto(proc, f"http://127.0.0.1:{port}")
+        proc.wait_ready(lambda: _get_ok(f"{m.url}/moto-api/"))
+        return m
+
+
+@dataclass
+class Consul:
+    process: Process
+    http_port: int
+    dns_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def api(self, method: str, path: str, **kw):
+        r = requests.request(method, f"{self.url}/v1/{path}", timeout=10, **kw)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+    def dig(self, name: str, rtype: str = "SRV") -> list[str]:
+        out = subprocess.run(["dig", "@127.0.0.1", "-p", str(self.dns_port), "+short", "+time=1", "+tries=1",
+                              name, rtype], capture_output=True, text=True, timeout=10)
+        return [line for line in out.stdout.splitlines() if line and not line.startswith(";")]
+
+
+@dataclass
+class HAProxy:
+    stack: Stack
+    name: str
+    cfg: Path
+    socket: Path
+    stats_port: int
+    process: Process | None = None
+
+    @property
+    def stats_url(self) -> str:
+        return f"http://127.0.0.1:{self.stats_port}"
+
+    def render(self, body: str) -> str:
+        return f"""global
+    stats socket {self.socket} mode 600 level admin expose-fd listeners
+    log stderr format raw local0 notice
+
+defaults
+    mode http
+    log global
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+
+frontend stats
+    bind 127.0.0.1:{self.stats_port}
+    http-request use-service prometheus-exporter if {{ path /metrics }}
+    stats enable
+    stats uri /stats
+
+{body}
+"""
+
+    def write(self, body: str):
+        self.cfg.write_text(self.render(body))
+        check = subprocess.run(["haproxy", "-c", "-q", "-f", str(self.cfg)], capture_output=True, text=True)
+        if check.returncode:
+            raise HarnessError(f"haproxy rejects the config:\n{check.stdout}{check.stderr}")
+
+    def command(self, cmd: str) -> str:
+        out = subprocess.run(["socat", "-", f"UNIX-CONNECT:{self.socket}"], input=cmd + "\n",
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout
+
+
+@dataclass
+class Prometheus:
+    process: Process
+    url: str
+    config: Path
+
+    def query(self, promql: str):
+        r = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
+        r.raise_for_status()
+        return r.json()["data"]["result"]
+
+    def wait_query(self, promql: str, timeout: float = 30):
+        return wait_for(lambda: self.query(promql), timeout, f"Prometheus to answer {promql!r}", interval=0.5)
+
+
+@dataclass
+class Alertmanager:
+    process: Process
+    url: str
+
+
+@dataclass
+class Engine:
+    process: Process
+    docker_host: str
+    cli: list
+    env: dict
+
+    def client(self):
+        import docker
+
+        return docker.DockerClient(base_url=self.docker_host, timeout=60)
+
+    def podman(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.cli, *args], env={**os.environ, **self.env}, capture_output=True,
+                              text=True, check=True, **kw)
+
+
+@dataclass
+class Moto:
+    process: Process
+    url: str
+
+    def boto3(self, service: str = "ec2"):
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+

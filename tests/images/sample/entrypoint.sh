@@ -1,0 +1,11 @@
+#!/bin/sh
+# Skynet's sample service: a page naming the instance and its version, and a health path.
+# PORT (8080), VERSION (baked into the image), HEALTHY=false makes /health answer 404.
+port=${PORT:-8080}
+mkdir -p /www
+echo "${SERVICE_NAME:-sample} instance=$(hostname) version=${VERSION:-0}" >/www/index.html
+if [ "${HEALTHY:-true}" = true ]; then echo ok >/www/health; fi
+httpd -f -p "$port" -h /www &
+pid=$!
+trap 'kill "$pid"; exit 0' TERM INT
+wait "$pid"
