@@ -11,7 +11,7 @@ consul_sha256=e4e888bba104daba1d9161f49bfc52649a7e4efd45b1a7ead5bc54f2cb9c89d9
 prometheus_version=2.24.1+ds-1+b7
 prometheus_sha256=7f98887c0fa36e0dd81bb39abc57a9e2535c2a0dc20442a431255ebc0b87b73a
 apt_packages=(haproxy socat podman runc prometheus prometheus-alertmanager
-  prometheus-node-exporter busybox-static wrk apache2-utils debootstrap iproute2
+  prometheus-node-exporter busybox-static wrk apache2-utils shellcheck debootstrap iproute2
   dnsutils curl rsync git make conmon)
 
 say() { printf '\033[1m[deps]\033[0m %s\n' "$*"; }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -34,13 +35,15 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.1):
         except Exception as e:  # noqa: BLE001 - any failure means "not yet"
             last = e
         time.sleep(interval)
-    raise HarnessError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+    raise HarnessError(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else "")
+    )
 
 
 class Process:
     def __init__(self, name: str, argv: list[str], log: Path, env: dict | None = None, cwd: Path | None = None):
         self.name, self.argv, self.log = name, [str(a) for a in argv], log
-        self._log_file = open(log, "ab")
+        self._log_file = open(log, "ab")  # noqa: SIM115 - open for the life of the process
         self.popen = subprocess.Popen(
             self.argv,
             stdout=self._log_file,
@@ -86,10 +89,8 @@ class Process:
             except ProcessLookupError:
                 pass
         # Children that left the group's leader behind (daemons) are killed with the group.
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self._log_file.close()
 
     def tail(self, lines: int = 40) -> str:

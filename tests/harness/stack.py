@@ -107,8 +107,9 @@ class Stack:
         proc.wait_ready(lambda: _get_ok(f"{h.stats_url}/metrics"))
         return h
 
-    def prometheus(self, config: dict, rules: dict | None = None, consul_sd: bool = False,
-                   name: str = "prometheus") -> Prometheus:
+    def prometheus(
+        self, config: dict, rules: dict | None = None, consul_sd: bool = False, name: str = "prometheus"
+    ) -> Prometheus:
         binary = _which("prometheus-consul-sd", TOOLS / "prometheus-consul-sd") if consul_sd else _which("prometheus")
         port = free_port()
         cfg = self.path(name, "prometheus.yml")
@@ -117,10 +118,16 @@ class Stack:
             rules_file.write_text(json.dumps(rules))
             config = {**config, "rule_files": [str(rules_file)]}
         cfg.write_text(json.dumps(config))
-        proc = self.start(name, [
-            binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.path(name, 'data')}",
-            f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
-        ])
+        proc = self.start(
+            name,
+            [
+                binary,
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={self.path(name, 'data')}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.enable-lifecycle",
+            ],
+        )
         p = Prometheus(proc, f"http://127.0.0.1:{port}", cfg)
         proc.wait_ready(lambda: _get_ok(f"{p.url}/-/ready"))
         return p
@@ -131,10 +138,16 @@ class Stack:
         cfg = self.path(name, "alertmanager.yml")
         cfg.write_text(json.dumps(config))
         binary = _which("prometheus-alertmanager")
-        proc = self.start(name, [
-            binary, f"--config.file={cfg}", f"--storage.path={self.path(name, 'data')}",
-            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
-        ])
+        proc = self.start(
+            name,
+            [
+                binary,
+                f"--config.file={cfg}",
+                f"--storage.path={self.path(name, 'data')}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],
+        )
         a = Alertmanager(proc, f"http://127.0.0.1:{port}")
         proc.wait_ready(lambda: _get_ok(f"{a.url}/-/ready"))
         return a
@@ -142,17 +155,17 @@ class Stack:
     def podman(self, name: str = "podman") -> Engine:
         """A Docker API engine served by Podman, with storage of its own inside the work dir."""
         podman = _which("podman")
-        storage = ["--root", str(self.path(name, "root")), "--runroot", str(self.path(name, "run")),
-                   "--storage-driver", "vfs"]
+        # Podman refuses a runroot longer than 50 characters: it gets a short dir of its own.
+        runroot = tempfile.mkdtemp(prefix="skynet-stack-", dir="/tmp")
+        self.on_close(lambda: shutil.rmtree(runroot, ignore_errors=True))
+        storage = ["--root", str(self.path(name, "root")), "--runroot", runroot, "--storage-driver", "vfs"]
         env = {"CONTAINERS_CONF": str(CONTAINERS_CONF)}
         sock = self.path(name, "docker.sock")
         cli = [podman, *storage]
 
         def remove_everything():
-            subprocess.run([*cli, "rm", "--all", "--force", "--time", "0"], env={**os.environ, **env},
-                           capture_output=True, timeout=120)
-            subprocess.run([*cli, "system", "reset", "--force"], env={**os.environ, **env},
-                           capture_output=True, timeout=120)
+            for args in (["rm", "--all", "--force", "--time", "0"], ["system", "reset", "--force"]):
+                subprocess.run([*cli, *args], env={**os.environ, **env}, capture_output=True, timeout=120, check=False)
 
         # Registered before the service so containers go even if the service dies first.
         self.on_close(remove_everything)
@@ -186,8 +199,13 @@ class Consul:
         return r.json() if r.content else None
 
     def dig(self, name: str, rtype: str = "SRV") -> list[str]:
-        out = subprocess.run(["dig", "@127.0.0.1", "-p", str(self.dns_port), "+short", "+time=1", "+tries=1",
-                              name, rtype], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["dig", "@127.0.0.1", "-p", str(self.dns_port), "+short", "+time=1", "+tries=1", name, rtype],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         return [line for line in out.stdout.splitlines() if line and not line.startswith(";")]
 
 
@@ -227,13 +245,21 @@ frontend stats
 
     def write(self, body: str):
         self.cfg.write_text(self.render(body))
-        check = subprocess.run(["haproxy", "-c", "-q", "-f", str(self.cfg)], capture_output=True, text=True)
+        check = subprocess.run(
+            ["haproxy", "-c", "-q", "-f", str(self.cfg)], capture_output=True, text=True, check=False
+        )
         if check.returncode:
             raise HarnessError(f"haproxy rejects the config:\n{check.stdout}{check.stderr}")
 
     def command(self, cmd: str) -> str:
-        out = subprocess.run(["socat", "-", f"UNIX-CONNECT:{self.socket}"], input=cmd + "\n",
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["socat", "-", f"UNIX-CONNECT:{self.socket}"],
+            input=cmd + "\n",
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         return out.stdout
 
 
@@ -271,8 +297,9 @@ class Engine:
         return docker.DockerClient(base_url=self.docker_host, timeout=60)
 
     def podman(self, *args: str, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.cli, *args], env={**os.environ, **self.env}, capture_output=True,
-                              text=True, check=True, **kw)
+        return subprocess.run(
+            [*self.cli, *args], env={**os.environ, **self.env}, capture_output=True, text=True, check=True, **kw
+        )
 
 
 @dataclass
@@ -283,6 +310,10 @@ class Moto:
     def boto3(self, service: str = "ec2"):
         import boto3
 
-        return boto3.client(service, endpoint_url=self.url, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
-
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import subprocess
 
 import pytest
 import requests
@@ -19,11 +19,18 @@ def run_sample(docker_client, image, **kw):
 
 
 def register(consul, name, port, service_id=None, tags=()):
-    consul.api("PUT", "agent/service/register", json={
-        "ID": service_id or f"{name}-{port}", "Name": name, "Address": "127.0.0.1", "Port": port,
-        "Tags": list(tags),
-        "Check": {"HTTP": f"http://127.0.0.1:{port}/health", "Interval": "1s", "Timeout": "1s"},
-    })
+    consul.api(
+        "PUT",
+        "agent/service/register",
+        json={
+            "ID": service_id or f"{name}-{port}",
+            "Name": name,
+            "Address": "127.0.0.1",
+            "Port": port,
+            "Tags": list(tags),
+            "Check": {"HTTP": f"http://127.0.0.1:{port}/health", "Interval": "1s", "Timeout": "1s"},
+        },
+    )
 
 
 def passing(consul, name):
@@ -69,11 +76,12 @@ def test_consul_check_turns_passing_and_resolves_as_srv(consul, docker_client, s
         consul.api("PUT", f"agent/service/deregister/{name}-{port}")
 
 
-def test_haproxy_serves_backend_found_through_consul_dns(stack, consul, docker_client, sample_image, containers,
-                                                         unique):
+def test_haproxy_serves_backend_found_through_consul_dns(
+    stack, consul, docker_client, sample_image, containers, unique
+):
     name = unique("app")
     ports = []
-    for _ in range(2):
+    for _instance in range(2):
         c, port = run_sample(docker_client, sample_image["1"], environment={"SERVICE_NAME": name})
         containers.append(c)
         register(consul, name, port)
@@ -93,7 +101,8 @@ frontend {name}
 
 backend {name}
     balance roundrobin
-    server-template {name} 4 _{name}._tcp.service.consul resolvers consul resolve-opts allow-dup-ip init-addr none check inter 1s
+    server-template {name} 4 _{name}._tcp.service.consul resolvers consul \
+        resolve-opts allow-dup-ip init-addr none check inter 1s
 """)
     try:
         seen = set()
@@ -116,15 +125,24 @@ def test_prometheus_answers_about_a_target_it_scrapes(stack, consul, consul_sd, 
     consul_target = f"127.0.0.1:{consul.http_port}"
     if consul_sd:
         name = unique("consul-agent")
-        consul.api("PUT", "agent/service/register", json={"ID": name, "Name": name, "Address": "127.0.0.1",
-                                                           "Port": consul.http_port})
+        consul.api(
+            "PUT",
+            "agent/service/register",
+            json={"ID": name, "Name": name, "Address": "127.0.0.1", "Port": consul.http_port},
+        )
         discovery = {"consul_sd_configs": [{"server": consul_target, "services": [name]}]}
     else:
         discovery = {"static_configs": [{"targets": [consul_target]}]}
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "consul", "metrics_path": "/v1/agent/metrics",
-                            "params": {"format": ["prometheus"]}, **discovery}],
+        "scrape_configs": [
+            {
+                "job_name": "consul",
+                "metrics_path": "/v1/agent/metrics",
+                "params": {"format": ["prometheus"]},
+                **discovery,
+            }
+        ],
     }
     try:
         prom = stack.prometheus(config, consul_sd=consul_sd)
@@ -148,8 +166,13 @@ def test_alertmanager_holds_a_posted_alert(stack):
 def test_boto3_runs_and_terminates_an_instance_on_moto(moto):
     ec2 = moto.boto3("ec2")
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    run = ec2.run_instances(ImageId=image, InstanceType="t3.micro", MinCount=1, MaxCount=1,
-                            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "skynet", "Value": "1"}]}])
+    run = ec2.run_instances(
+        ImageId=image,
+        InstanceType="t3.micro",
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "skynet", "Value": "1"}]}],
+    )
     instance_id = run["Instances"][0]["InstanceId"]
     ec2.terminate_instances(InstanceIds=[instance_id])
     state = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
@@ -158,21 +181,22 @@ def test_boto3_runs_and_terminates_an_instance_on_moto(moto):
 
 def test_stack_close_leaves_nothing_behind():
     s = Stack()
-    consul = s.consul()
-    engine = s.podman()
-    client = engine.client()
-    tag = build_sample_image(client, "1")
-    container = client.containers.run(tag, detach=True)
-    pids = [p.pid for p in s.processes]
-    workdir = s.workdir
-    client.close()
-    s.close()
-    assert not workdir.exists()
+    try:
+        consul = s.consul()
+        engine = s.podman()
+        client = engine.client()
+        container = client.containers.run(build_sample_image(client, "1"), detach=True)
+        client.close()
+        pids = [p.pid for p in s.processes]
+    finally:
+        s.close()
+    assert not s.workdir.exists()
     for pid in pids:
         assert not _running(pid), f"process {pid} survived the harness"
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{consul.url}/v1/status/leader", timeout=1)
-    assert not _running_container(container.id)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert container.id not in ps, "the container's conmon survived the harness"
 
 
 def _running(pid):
@@ -183,14 +207,7 @@ def _running(pid):
         return False
 
 
-def _running_container(cid):
-    import subprocess
-
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return cid in out
-
-
 def test_a_process_that_dies_at_start_is_reported_with_its_log(stack):
     proc = stack.start("doomed", ["sh", "-c", "echo cannot bind port; exit 3"])
-    with pytest.raises(Exception, match="(?s)doomed exited with 3.*cannot bind port"):
+    with pytest.raises(Exception, match=r"(?s)doomed exited with 3.*cannot bind port"):
         proc.wait_ready(lambda: False, timeout=5)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs the test steps given (all by default), each timed; prints one summary line at the end
+# and exits non-zero when any step failed. Called by `make test` after `make deps`.
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here" || exit 1
+export PATH="$here/.venv/bin:$here/.tools/bin:$PATH"
+export ANSIBLE_COLLECTIONS_PATH="$here/.build/collections"
+export CONTAINERS_CONF="$here/tests/harness/containers.conf"
+# Nothing the tests do may leak into the invoking user's home or /tmp.
+export HOME="$here/.cache/home" TMPDIR="$here/.cache/tmp"
+mkdir -p "$HOME" "$TMPDIR"
+
+step_lint() {
+  ruff check . && ruff format --check . && yamllint -s . && ansible-lint -q
+}
+step_sanity() { bash scripts/ansible-test.sh sanity; }
+step_unit() { pytest -q tests/unit; }
+step_integration() { pytest -q tests/integration; }
+step_build() {
+  local out="$TMPDIR/galaxy" && rm -rf "$out" && mkdir -p "$out" &&
+    ansible-galaxy collection build --force --output-path "$out" . &&
+    ansible-galaxy collection install --force -p "$out/installed" "$out"/cyberdyne-skynet-*.tar.gz &&
+    ANSIBLE_COLLECTIONS_PATH="$out/installed" ansible-doc -l cyberdyne.skynet >/dev/null &&
+    rm -rf "$out"
+}
+step_leftovers() {
+  # The harness names its work dirs skynet-stack-*: none, nor any process using one, may remain.
+  local dirs procs
+  dirs=$(find "$TMPDIR" /tmp -maxdepth 1 -name 'skynet-stack-*' 2>/dev/null)
+  procs=$(pgrep -af 'skynet-stack-' | grep -v pgrep)
+  [ -z "$dirs$procs" ] || { echo "left behind:"; echo "$dirs"; echo "$procs"; return 1; }
+}
+
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(lint sanity unit integration build leftovers)
+passed=() failed=() times=()
+for s in "${steps[@]}"; do
+  printf '\n\033[1m== %s ==\033[0m\n' "$s"
+  start=$SECONDS
+  if "step_$s"; then passed+=("$s"); else failed+=("$s"); fi
+  times+=("$s $((SECONDS - start))s")
+done
+IFS=, ; summary="${times[*]}"; unset IFS
+if [ ${#failed[@]} -eq 0 ]; then
+  printf '\n\033[32mmake test: %d passed, 0 failed (%s)\033[0m\n' "${#passed[@]}" "${summary//,/, }"
+else
+  printf '\n\033[31mmake test: %d passed, %d failed: %s (%s)\033[0m\n' "${#passed[@]}" "${#failed[@]}" "${failed[*]}" "${summary//,/, }"
+  exit 1
+fi
