@@ -246,7 +246,7 @@ frontend stats
     def write(self, body: str):
         self.cfg.write_text(self.render(body))
         check = subprocess.run(
-            ["haproxy", "-c", "-q", "-f", str(self.cfg)], capture_output=True, text=True, check=False
+            ["haproxy", "-c", "-f", str(self.cfg)], capture_output=True, text=True, check=False
         )
         if check.returncode:
             raise HarnessError(f"haproxy rejects the config:\n{check.stdout}{check.stderr}")

@@ -1,0 +1,136 @@
+# Copyright: Skynet developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Converges a service's instances on a compute to a desired state, keeping Consul in step.
+
+Everything is checked before anything changes; whatever fails after that is undone (a
+created instance that cannot be registered or never passes is removed) or reported exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import plan
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+
+
+@dataclass
+class Desired:
+    spec: object  # _compute.Spec
+    count: int
+    state: str = "present"
+    health: dict = field(default_factory=dict)
+    tags: tuple = ()
+    wait: bool = True
+    wait_timeout: float = 120
+    drain_period: float = 5
+    stop_timeout: int = 10
+    scale_in_policy: str = "newest_first"
+
+
+@dataclass
+class Outcome:
+    created: list = field(default_factory=list)
+    removed: list = field(default_factory=list)
+    replaced: list = field(default_factory=list)
+    registered: list = field(default_factory=list)
+
+    @property
+    def changed(self):
+        return bool(self.created or self.removed or self.replaced or self.registered)
+
+
+class ServiceConverger:
+    def __init__(self, driver, registry, sleep=time.sleep):
+        self.driver, self.registry, self.sleep = driver, registry, sleep
+
+    def preflight(self, desired):
+        self.registry.check()
+        self.driver.check(desired.spec if desired.state == "present" and desired.count else None)
+
+    def converge(self, desired, check_mode=False):
+        """Returns (outcome, instances before, instances after as predicted or observed)."""
+        self.preflight(desired)
+        spec = desired.spec
+        count = desired.count if desired.state == "present" else 0
+        before = self.driver.list(spec.service, spec.color)
+        running = [i for i in before if i.state == "running"]
+        dead = [i for i in before if i.state != "running"]
+        statuses = self.registry.statuses(spec.service)
+        unregistered = [i for i in running if i.id not in statuses]
+        todo = plan(running, count, spec.image if desired.state == "present" else None, desired.scale_in_policy)
+
+        out = Outcome()
+        if check_mode:
+            out.removed = [i.id for i in dead + todo.remove]
+            out.replaced = [i.id for i in todo.replace]
+            out.created = [f"(new {n + 1})" for n in range(todo.create)]
+            out.registered = [i.id for i in unregistered if i not in todo.remove]
+            kept = [i.id for i in running if i not in todo.remove and i not in todo.replace]
+            after_ids = kept + [f"(replacing {i})" for i in out.replaced] + out.created
+            return out, before, after_ids
+
+        for inst in dead:
+            self._remove(inst, drain=False)
+            out.removed.append(inst.id)
+        for inst in unregistered:
+            if inst not in todo.remove:
+                self.registry.register(inst, desired.health, desired.tags)
+                out.registered.append(inst.id)
+        if todo.remove:
+            self._scale_in(todo.remove, desired)
+            out.removed.extend(i.id for i in todo.remove)
+        if todo.create:
+            new = self._start(todo.create, desired)
+            out.created.extend(i.id for i in new)
+        for old in todo.replace:
+            new = self._start(1, desired)[0]
+            out.replaced.append(old.id)
+            out.created.append(new.id)
+            self._scale_in([old], desired)
+        after = self.driver.list(spec.service, spec.color)
+        return out, before, after
+
+    def _start(self, n, desired):
+        """Starts n instances, registers them and waits until they pass; undoes them all on failure."""
+        started = []
+        try:
+            for _attempt in range(n):
+                inst = self.driver.create(desired.spec)
+                started.append(inst)
+                self.registry.register(inst, desired.health, desired.tags)
+            if desired.wait:
+                waiting = self.registry.wait_passing(
+                    desired.spec.service, [i.id for i in started], desired.wait_timeout
+                )
+                if waiting:
+                    raise SkynetError(
+                        f"{len(waiting)} new instance(s) of {desired.spec.service} ({', '.join(waiting)}) did not "
+                        f"pass their health check within {desired.wait_timeout:g}s; they were removed"
+                    )
+        except SkynetError as e:
+            leftovers = []
+            for inst in started:
+                try:
+                    self._remove(inst, drain=False)
+                except SkynetError as cleanup:
+                    leftovers.append(f"{inst.id} ({cleanup})")
+            if leftovers:
+                raise SkynetError(f"{e}; could not remove what was started: {'; '.join(leftovers)}") from e
+            raise
+        return started
+
+    def _scale_in(self, instances, desired):
+        for inst in instances:
+            self.registry.drain(inst)
+        if desired.drain_period:
+            self.sleep(desired.drain_period)
+        for inst in instances:
+            self._remove(inst, drain=False, stop_timeout=desired.stop_timeout)
+
+    def _remove(self, inst, drain=True, stop_timeout=10):
+        if drain:
+            self.registry.drain(inst)
+        self.driver.remove(inst, stop_timeout)
+        self.registry.deregister(inst)

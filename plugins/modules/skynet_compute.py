@@ -1,0 +1,300 @@
+#!/usr/bin/python
+# Copyright: Skynet developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: skynet_compute
+short_description: Desired state of a service's instances on a compute, registered in Consul
+version_added: 0.1.0
+description:
+  - Runs exactly O(count) instances of a service of one O(color) on a compute (a Docker API endpoint,
+    Docker Engine or Podman), registers each in Consul with a health check, and waits until every
+    instance passes.
+  - A changed O(image) replaces instances one at a time, never dropping below the healthy count.
+  - Scale-in picks instances by O(scale_in_policy), takes each out of rotation first (Consul
+    maintenance, so DNS and HAProxy drop it), waits O(drain_period), then stops it.
+  - Everything is checked before anything changes (Consul, the engine, the image). An instance that
+    cannot be registered or does not pass its check in time is removed again.
+author: Skynet developers (@cyberdyne)
+extends_documentation_fragment:
+  - cyberdyne.skynet.consul
+  - cyberdyne.skynet.docker
+attributes:
+  check_mode:
+    support: full
+    description: Predicts exactly what a real run would create, replace and remove; changes nothing.
+  diff_mode:
+    support: full
+    description: Shows the instance count and ids before and after.
+  idempotent:
+    support: full
+    description: A second run with the same arguments changes nothing.
+options:
+  service:
+    description: Name of the service; the name it has in Consul.
+    type: str
+    required: true
+  compute:
+    description: Provider of the instances.
+    type: str
+    choices: [docker]
+    default: docker
+  state:
+    description: V(present) runs O(count) instances; V(absent) removes every instance of the color.
+    type: str
+    choices: [present, absent]
+    default: present
+  count:
+    description: Exact number of instances of O(color). Required with O(state=present).
+    type: int
+  image:
+    description: Image the instances run. Required with O(state=present).
+    type: str
+  port:
+    description: Port the service listens on inside an instance.
+    type: int
+    default: 8080
+  host_port:
+    description: Host port to publish O(port) on; V(0) picks a free one per instance.
+    type: int
+    default: 0
+  env:
+    description: Environment variables of the instances.
+    type: dict
+    default: {}
+  command:
+    description: Command the instances run instead of the image's.
+    type: list
+    elements: str
+  memory:
+    description: Memory limit of each instance, for example V(256m).
+    type: str
+  cpus:
+    description: CPU limit of each instance, in CPUs.
+    type: float
+  color:
+    description: Generation of the service, a tag in Consul (C(_web._blue.service.consul) resolves one color).
+    type: str
+    choices: [blue, green]
+    default: blue
+  tags:
+    description: More Consul tags of every instance.
+    type: list
+    elements: str
+    default: []
+  health:
+    description: Health check Consul runs against each instance.
+    type: dict
+    default: {}
+    suboptions:
+      type:
+        description: V(http) gets O(health.path) and wants a 2xx; V(tcp) only connects.
+        type: str
+        choices: [http, tcp]
+        default: http
+      path:
+        description: Path of the HTTP check.
+        type: str
+        default: /
+      interval:
+        description: How often Consul checks.
+        type: str
+        default: 2s
+      timeout:
+        description: How long one check may take.
+        type: str
+        default: 1s
+      deregister_after:
+        description: Consul deregisters an instance critical for this long (C(DeregisterCriticalServiceAfter)).
+        type: str
+        default: 1m
+  wait:
+    description: Wait until every new instance passes its health check.
+    type: bool
+    default: true
+  wait_timeout:
+    description: Seconds to wait for new instances to pass; those that do not are removed and the task fails.
+    type: float
+    default: 120
+  drain_period:
+    description: Seconds between taking an instance out of rotation and stopping it.
+    type: float
+    default: 5
+  stop_timeout:
+    description: Seconds an instance has to stop before it is killed.
+    type: int
+    default: 10
+  scale_in_policy:
+    description: Which instances go first when scaling in.
+    type: str
+    choices: [newest_first, oldest_first]
+    default: newest_first
+"""
+
+EXAMPLES = r"""
+- name: Run three instances of web, registered in Consul
+  cyberdyne.skynet.skynet_compute:
+    service: web
+    image: registry.example/web:1.4
+    count: 3
+    port: 8080
+    health:
+      path: /health
+    docker_host: unix:///run/podman/podman.sock
+    consul_url: http://127.0.0.1:8500
+
+- name: Remove every blue instance of web
+  cyberdyne.skynet.skynet_compute:
+    service: web
+    color: blue
+    state: absent
+"""
+
+RETURN = r"""
+instances:
+  description: The instances of the service and color after the run.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"id": "3f2a9c1b7d10", "service": "web", "color": "blue", "image": "web:1.4",
+            "address": "127.0.0.1", "port": 40123, "created": 1764090000.5, "state": "running"}]
+created:
+  description: Ids of the instances started (predicted as C((new N)) in check mode).
+  returned: always
+  type: list
+  elements: str
+removed:
+  description: Ids of the instances stopped and deregistered.
+  returned: always
+  type: list
+  elements: str
+replaced:
+  description: Ids of the instances replaced because their image changed.
+  returned: always
+  type: list
+  elements: str
+registered:
+  description: Ids of running instances that were missing from Consul and were registered again.
+  returned: always
+  type: list
+  elements: str
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _docker_driver
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import Spec
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._service import Desired, ServiceConverger
+
+
+def main():
+    argument_spec = dict(
+        service=dict(type="str", required=True),
+        compute=dict(type="str", choices=["docker"], default="docker"),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        count=dict(type="int"),
+        image=dict(type="str"),
+        port=dict(type="int", default=8080),
+        host_port=dict(type="int", default=0),
+        env=dict(type="dict", default={}),
+        command=dict(type="list", elements="str"),
+        memory=dict(type="str"),
+        cpus=dict(type="float"),
+        color=dict(type="str", choices=["blue", "green"], default="blue"),
+        tags=dict(type="list", elements="str", default=[]),
+        health=dict(
+            type="dict",
+            default={},
+            options=dict(
+                type=dict(type="str", choices=["http", "tcp"], default="http"),
+                path=dict(type="str", default="/"),
+                interval=dict(type="str", default="2s"),
+                timeout=dict(type="str", default="1s"),
+                deregister_after=dict(type="str", default="1m"),
+            ),
+        ),
+        wait=dict(type="bool", default=True),
+        wait_timeout=dict(type="float", default=120),
+        drain_period=dict(type="float", default=5),
+        stop_timeout=dict(type="int", default=10),
+        scale_in_policy=dict(type="str", choices=["newest_first", "oldest_first"], default="newest_first"),
+        **_consul.consul_argument_spec(),
+        **_docker_driver.docker_argument_spec(),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        required_if=[("state", "present", ("count", "image"))],
+        supports_check_mode=True,
+    )
+    if not _consul.HAS_CONSUL:
+        module.fail_json(msg=missing_required_lib("py-consul"), exception=str(_consul.CONSUL_IMPORT_ERROR))
+    if not _docker_driver.HAS_DOCKER:
+        module.fail_json(msg=missing_required_lib("docker"), exception=str(_docker_driver.DOCKER_IMPORT_ERROR))
+    p = module.params
+    if p["count"] is not None and p["count"] < 0:
+        module.fail_json(msg=f"count must be 0 or more, got {p['count']}")
+
+    desired = Desired(
+        spec=Spec(
+            service=p["service"],
+            color=p["color"],
+            image=p["image"] or "",
+            port=p["port"],
+            env={k: str(v) for k, v in p["env"].items()},
+            command=tuple(p["command"] or ()),
+            host_port=p["host_port"],
+            memory=p["memory"] or "",
+            cpus=p["cpus"] or 0.0,
+        ),
+        count=p["count"] or 0,
+        state=p["state"],
+        health=p["health"] or {},
+        tags=tuple(p["tags"]),
+        wait=p["wait"],
+        wait_timeout=p["wait_timeout"],
+        drain_period=p["drain_period"],
+        stop_timeout=p["stop_timeout"],
+        scale_in_policy=p["scale_in_policy"],
+    )
+    try:
+        driver = _docker_driver.DockerDriver(
+            p["docker_host"],
+            advertise_address=p["advertise_address"],
+            bind_address=p["bind_address"],
+            tls_ca_cert=p["tls_ca_cert"],
+            tls_client_cert=p["tls_client_cert"],
+            tls_client_key=p["tls_client_key"],
+            validate_certs=p["validate_certs"],
+        )
+        registry = Registry(_consul.connect(p))
+        outcome, before, after = ServiceConverger(driver, registry).converge(desired, check_mode=module.check_mode)
+    except SkynetError as e:
+        module.fail_json(msg=str(e), exception=traceback.format_exc())
+
+    after_ids = after if module.check_mode else [i.id for i in after]
+    result = dict(
+        changed=outcome.changed,
+        instances=[] if module.check_mode else [i.as_dict() for i in after],
+        created=outcome.created,
+        removed=outcome.removed,
+        replaced=outcome.replaced,
+        registered=outcome.registered,
+    )
+    if module._diff:
+        ids_before = [i.id for i in before]
+        result["diff"] = dict(
+            before=dict(count=len(ids_before), instances=ids_before),
+            after=dict(count=len(after_ids), instances=after_ids),
+        )
+    if module.check_mode:
+        result["instances"] = [i.as_dict() for i in before]
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

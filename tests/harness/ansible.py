@@ -1,0 +1,47 @@
+"""Runs the collection's modules the way users do: through `ansible`, with the JSON callback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_module(module: str, args: dict, check: bool = False, diff: bool = False, timeout: float = 300) -> dict:
+    """The module's result as a dict; `failed` and `msg` are in it when the module fails."""
+    argv = [
+        "ansible",
+        "localhost",
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "-m",
+        module,
+        "-a",
+        json.dumps(args),
+        "-e",
+        f"ansible_python_interpreter={sys.executable}",
+    ]
+    if check:
+        argv.append("--check")
+    if diff:
+        argv.append("--diff")
+    env = {
+        **os.environ,
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".build" / "collections"),
+        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+        "ANSIBLE_STDOUT_CALLBACK": "json",
+        "ANSIBLE_NOCOLOR": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    try:
+        data = json.loads(out.stdout)
+    except json.JSONDecodeError as e:
+        raise AssertionError(f"ansible printed no JSON (rc {out.returncode}):\n{out.stdout}\n{out.stderr}") from e
+    return data["plays"][0]["tasks"][0]["hosts"]["localhost"]

@@ -1,0 +1,188 @@
+"""skynet_compute on a real Docker API engine (Podman) and a real Consul, through Ansible."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+from harness.ansible import run_module
+from harness.load import LoadLoop
+from harness.proc import free_port, wait_for
+
+MODULE = "cyberdyne.skynet.skynet_compute"
+
+
+def haproxy_for(stack, consul, service, slots=8):
+    frontend = free_port()
+    template = f"server-template {service} {slots} _{service}._blue.service.consul resolvers consul"
+    stack.haproxy(f"""
+resolvers consul
+    nameserver consul 127.0.0.1:{consul.dns_port}
+    accepted_payload_size 8192
+    hold valid 1s
+    hold obsolete 0s
+    timeout resolve 1s
+    timeout retry 1s
+
+frontend {service}
+    bind 127.0.0.1:{frontend}
+    default_backend {service}
+
+backend {service}
+    balance roundrobin
+    option redispatch
+    retries 3
+    retry-on all-retryable-errors
+    {template} resolve-opts allow-dup-ip init-addr none check inter 1s
+""")
+    return f"http://127.0.0.1:{frontend}/"
+
+
+def passing_ids(consul, service):
+    entries = consul.api("GET", f"health/service/{service}", params={"passing": "1"})
+    return sorted(e["Service"]["Meta"]["skynet_instance"] for e in entries)
+
+
+def registered_ids(consul, service):
+    return sorted(e["ServiceMeta"]["skynet_instance"] for e in consul.api("GET", f"catalog/service/{service}"))
+
+
+def containers_of(docker_client, service):
+    return docker_client.containers.list(all=True, filters={"label": [f"io.skynet.service={service}"]})
+
+
+@pytest.fixture
+def compute(engine, consul, docker_client, unique):
+    """Arguments shared by every call for one service, and a cleanup that removes what is left."""
+    service = unique("web")
+    base = {
+        "service": service,
+        "docker_host": engine.docker_host,
+        "consul_url": consul.url,
+        "health": {"path": "/health", "interval": "1s"},
+        "drain_period": 2,
+        "stop_timeout": 2,
+        "wait_timeout": 30,
+    }
+    yield base
+    for c in containers_of(docker_client, service):
+        c.remove(force=True)
+    for e in consul.api("GET", f"catalog/service/{service}"):
+        consul.api("PUT", f"agent/service/deregister/{e['ServiceID']}")
+
+
+def test_lifecycle(stack, consul, docker_client, sample_image, compute):
+    service = compute["service"]
+    v1 = {**compute, "image": sample_image["1"]}
+
+    first = run_module(MODULE, {**v1, "count": 3})
+    assert first["changed"], first
+    assert len(first["created"]) == 3
+    assert len(passing_ids(consul, service)) == 3
+    assert {i["port"] for i in first["instances"]} == {
+        int(c.ports["8080/tcp"][0]["HostPort"]) for c in containers_of(docker_client, service)
+    }
+
+    again = run_module(MODULE, {**v1, "count": 3})
+    assert not again["changed"], again
+
+    predicted = run_module(MODULE, {**v1, "count": 5}, check=True, diff=True)
+    assert predicted["changed"]
+    assert predicted["created"] == ["(new 1)", "(new 2)"]
+    assert predicted["diff"]["before"]["count"] == 3 and predicted["diff"]["after"]["count"] == 5
+    assert len(containers_of(docker_client, service)) == 3
+
+    five = run_module(MODULE, {**v1, "count": 5}, diff=True)
+    assert len(five["created"]) == 2 and five["diff"]["after"]["count"] == 5
+    assert len(passing_ids(consul, service)) == 5
+
+    url = haproxy_for(stack, consul, service)
+    wait_for(lambda: len({requests.get(url, timeout=2).text for _request in range(10)}) == 5, 20, "HAProxy to use all 5")
+    with LoadLoop(url, rate=50) as load:
+        time.sleep(1)
+        one = run_module(MODULE, {**v1, "count": 1})
+        time.sleep(1)
+    assert len(one["removed"]) == 4
+    assert load.failures == [], f"{len(load.failures)} failed requests during scale-in: {load.failures[:5]}"
+    assert load.ok > 50
+    assert len(containers_of(docker_client, service)) == 1
+    newest_first = sorted(five["instances"], key=lambda i: i["created"])[0]["id"]
+    assert [i["id"] for i in one["instances"]] == [newest_first], "scale-in must remove the newest first"
+
+    run_module(MODULE, {**v1, "count": 2})
+    lowest = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            lowest.append(len(passing_ids(consul, service)))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with LoadLoop(url, rate=50) as load:
+        rolled = run_module(MODULE, {**compute, "image": sample_image["2"], "count": 2})
+        time.sleep(1)
+    stop.set()
+    watcher.join()
+    assert len(rolled["replaced"]) == 2
+    assert min(lowest) >= 2, "the rolling update dropped below the healthy count"
+    assert load.failures == [], load.failures[:5]
+    assert {i["image"] for i in rolled["instances"]} == {sample_image["2"]}
+    assert wait_for(lambda: "version=2" in requests.get(url, timeout=2).text, 10, "version 2 behind HAProxy")
+
+    gone = run_module(MODULE, {**compute, "state": "absent"})
+    assert len(gone["removed"]) == 2
+    assert containers_of(docker_client, service) == []
+    assert registered_ids(consul, service) == []
+
+
+def test_missing_image_fails_before_anything_changes(consul, docker_client, compute):
+    result = run_module(MODULE, {**compute, "image": "localhost/no-such-image:9", "count": 2})
+    assert result.get("failed")
+    assert "image 'localhost/no-such-image:9' is not on the Docker API engine" in result["msg"]
+    assert containers_of(docker_client, compute["service"]) == []
+
+
+def test_unreachable_consul_fails_before_anything_changes(docker_client, sample_image, compute):
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run_module(MODULE, {**compute, "image": sample_image["1"], "count": 1, "consul_url": url})
+    assert result.get("failed")
+    assert f"Consul at {url} is unreachable" in result["msg"]
+    assert containers_of(docker_client, compute["service"]) == []
+
+
+def test_unreachable_engine_is_named(sample_image, compute, tmp_path):
+    host = f"unix://{tmp_path}/nothing.sock"
+    result = run_module(MODULE, {**compute, "image": sample_image["1"], "count": 1, "docker_host": host})
+    assert result.get("failed")
+    assert f"Docker API at {host} is unreachable" in result["msg"]
+
+
+def test_port_clash_leaves_no_container(consul, docker_client, sample_image, compute):
+    port = free_port()
+    first = run_module(MODULE, {**compute, "image": sample_image["1"], "count": 1, "host_port": port})
+    assert first["changed"]
+    clash = run_module(MODULE, {**compute, "image": sample_image["1"], "count": 2, "host_port": port})
+    assert clash.get("failed")
+    assert f"port clash: host port {port}" in clash["msg"]
+    assert len(containers_of(docker_client, compute["service"])) == 1
+    assert len(registered_ids(consul, compute["service"])) == 1
+
+
+def test_an_instance_that_never_passes_is_removed(consul, docker_client, sample_image, compute):
+    result = run_module(
+        MODULE, {**compute, "image": sample_image["1"], "count": 1, "env": {"HEALTHY": "false"}, "wait_timeout": 4}
+    )
+    assert result.get("failed")
+    assert "did not pass their health check within 4s; they were removed" in result["msg"]
+    assert containers_of(docker_client, compute["service"]) == []
+    assert registered_ids(consul, compute["service"]) == []
+
+
+def test_the_consul_token_is_never_printed(sample_image, compute):
+    result = run_module(MODULE, {**compute, "image": sample_image["1"], "count": 0, "consul_token": "t0p-s3cret"})
+    assert "t0p-s3cret" not in repr(result)
