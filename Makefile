@@ -5,10 +5,16 @@ export PATH := $(CURDIR)/.venv/bin:$(CURDIR)/.tools/bin:$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 export CONTAINERS_CONF := $(CURDIR)/tests/harness/containers.conf
 
-.PHONY: deps test lint sanity unit integration build collection-link clean
+.PHONY: deps demo demo-down test lint sanity unit integration build collection-link clean
 
 deps: ## install Debian packages, Consul, Prometheus (consul_sd build), Podman config, the venv
 	@bash scripts/deps.sh
+
+demo: deps collection-link ## elastic scaling under load on loopback; KEEP=1 keeps the stack up
+	@.venv/bin/python scripts/demo.py $(if $(KEEP),--keep)
+
+demo-down: ## stops a demo started with KEEP=1
+	@if [ -f demo-out/demo.pid ]; then kill "$$(cat demo-out/demo.pid)" && echo "demo stopping"; else echo "no demo running"; fi
 
 collection-link:
 	@mkdir -p .build/collections/ansible_collections/cyberdyne

@@ -29,7 +29,7 @@ fi
 
 dest="$here/.build/ansible-test/ansible_collections/cyberdyne/skynet"
 rm -rf "$dest" && mkdir -p "$dest"
-(cd "$here" && git ls-files -co --exclude-standard -z) | rsync -a --from0 --files-from=- "$here/" "$dest/"
+(cd "$here" && git ls-files -co --exclude-standard -z) | rsync -a --from0 --ignore-missing-args --files-from=- "$here/" "$dest/"
 cd "$dest"
 git init -q  # ansible-test lists the files git knows, tracked or not
 exec ansible-test "$@" --venv --python 3.11 --color no

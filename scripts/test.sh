@@ -25,10 +25,11 @@ step_build() {
     rm -rf "$out"
 }
 step_leftovers() {
-  # The harness names its work dirs skynet-stack-*: none, nor any process using one, may remain.
+  # The harness names its work dirs skynet-stack-* under $TMPDIR: none, nor any process using
+  # one, may remain (other clones' runs use other TMPDIRs).
   local dirs procs
-  dirs=$(find "$TMPDIR" /tmp -maxdepth 1 -name 'skynet-stack-*' 2>/dev/null)
-  procs=$(pgrep -af 'skynet-stack-' | grep -v pgrep)
+  dirs=$(find "$TMPDIR" -maxdepth 1 -name 'skynet-stack-*' 2>/dev/null)
+  procs=$(pgrep -af "$TMPDIR/skynet-stack-" | grep -v pgrep)
   [ -z "$dirs$procs" ] || { echo "left behind:"; echo "$dirs"; echo "$procs"; return 1; }
 }
 

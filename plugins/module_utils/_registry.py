@@ -45,18 +45,18 @@ class Registry:
     def __init__(self, client):
         self.client = client
 
-    def _call(self, what, fn, *args, **kwargs):
+    def call(self, what, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # py-consul raises requests and consul errors alike
             raise SkynetError(f"{describe_failure(self.client, e)} (while trying to {what})") from e
 
     def check(self):
-        self._call("read the cluster leader", self.client.status.leader)
+        self.call("read the cluster leader", self.client.status.leader)
 
     def register(self, instance, health, tags=()):
         body = registration(instance, health, tags)
-        self._call(
+        self.call(
             f"register {body['ID']}",
             self.client.agent.service.register,
             body["Name"],
@@ -69,17 +69,17 @@ class Registry:
         )
 
     def deregister(self, instance):
-        self._call(f"deregister {service_id(instance)}", self.client.agent.service.deregister, service_id(instance))
+        self.call(f"deregister {service_id(instance)}", self.client.agent.service.deregister, service_id(instance))
 
     def drain(self, instance, reason="draining before scale-in"):
         """Takes the instance out of rotation: its health turns critical, so DNS and HAProxy drop it."""
-        self._call(
+        self.call(
             f"drain {service_id(instance)}", self.client.agent.service.maintenance, service_id(instance), "true", reason
         )
 
     def statuses(self, service):
         """{instance id: aggregated status} from the health endpoint (passing, warning, critical)."""
-        entries = self._call(f"read the health of {service}", self.client.health.service, service)[1]
+        entries = self.call(f"read the health of {service}", self.client.health.service, service)[1]
         result = {}
         for entry in entries:
             meta = entry["Service"].get("Meta") or {}

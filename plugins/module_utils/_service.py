@@ -27,6 +27,7 @@ class Desired:
     drain_period: float = 5
     stop_timeout: int = 10
     scale_in_policy: str = "newest_first"
+    roll: bool = True  # replace instances whose image differs from spec.image
 
 
 @dataclass
@@ -59,7 +60,8 @@ class ServiceConverger:
         dead = [i for i in before if i.state != "running"]
         statuses = self.registry.statuses(spec.service)
         unregistered = [i for i in running if i.id not in statuses]
-        todo = plan(running, count, spec.image if desired.state == "present" else None, desired.scale_in_policy)
+        target_image = spec.image if desired.state == "present" and desired.roll else None
+        todo = plan(running, count, target_image, desired.scale_in_policy)
 
         out = Outcome()
         if check_mode:

@@ -10,17 +10,24 @@ short_description: Desired state of a service's instances on a compute, register
 version_added: 0.1.0
 description:
   - Runs exactly O(count) instances of a service of one O(color) on a compute (a Docker API endpoint,
-    Docker Engine or Podman), registers each in Consul with a health check, and waits until every
-    instance passes.
+    Docker Engine or Podman, or AWS EC2), registers each in Consul with a health check, and waits until
+    every instance passes.
+  - On EC2 each instance is a VM started from the AMI O(image), tagged C(io.skynet.managed=true) with its
+    service, color, image, port and creation time, and registered in Consul at its private IP and O(port).
   - A changed O(image) replaces instances one at a time, never dropping below the healthy count.
   - Scale-in picks instances by O(scale_in_policy), takes each out of rotation first (Consul
-    maintenance, so DNS and HAProxy drop it), waits O(drain_period), then stops it.
-  - Everything is checked before anything changes (Consul, the engine, the image). An instance that
-    cannot be registered or does not pass its check in time is removed again.
+    maintenance, so DNS and HAProxy drop it), waits O(drain_period), then stops it (EC2 terminates it).
+  - Everything is checked before anything changes (Consul, the engine or EC2 credentials, the image or AMI).
+    An instance that cannot be registered or does not pass its check in time is removed again.
 author: Skynet developers (@cyberdyne)
+requirements:
+  - py-consul
+  - docker (with O(compute=docker))
+  - boto3 (with O(compute=ec2))
 extends_documentation_fragment:
   - cyberdyne.skynet.consul
   - cyberdyne.skynet.docker
+  - cyberdyne.skynet.ec2
 attributes:
   check_mode:
     support: full
@@ -37,9 +44,11 @@ options:
     type: str
     required: true
   compute:
-    description: Provider of the instances.
+    description:
+      - Provider of the instances, a Docker API endpoint (options of the docker fragment) or AWS EC2
+        (options of the ec2 fragment).
     type: str
-    choices: [docker]
+    choices: [docker, ec2]
     default: docker
   state:
     description: V(present) runs O(count) instances; V(absent) removes every instance of the color.
@@ -50,29 +59,32 @@ options:
     description: Exact number of instances of O(color). Required with O(state=present).
     type: int
   image:
-    description: Image the instances run. Required with O(state=present).
+    description:
+      - Image the instances run; with O(compute=ec2) the id of the AMI. Required with O(state=present).
     type: str
   port:
-    description: Port the service listens on inside an instance.
+    description:
+      - Port the service listens on inside an instance.
+      - With O(compute=ec2) the port registered in Consul with the instance's private IP.
     type: int
     default: 8080
   host_port:
-    description: Host port to publish O(port) on; V(0) picks a free one per instance.
+    description: Host port to publish O(port) on; V(0) picks a free one per instance. Docker only.
     type: int
     default: 0
   env:
-    description: Environment variables of the instances.
+    description: Environment variables of the instances. Docker only.
     type: dict
     default: {}
   command:
-    description: Command the instances run instead of the image's.
+    description: Command the instances run instead of the image's. Docker only.
     type: list
     elements: str
   memory:
-    description: Memory limit of each instance, for example V(256m).
+    description: Memory limit of each instance, for example V(256m). Docker only.
     type: str
   cpus:
-    description: CPU limit of each instance, in CPUs.
+    description: CPU limit of each instance, in CPUs. Docker only.
     type: float
   color:
     description: Generation of the service, a tag in Consul (C(_web._blue.service.consul) resolves one color).
@@ -115,7 +127,9 @@ options:
     type: bool
     default: true
   wait_timeout:
-    description: Seconds to wait for new instances to pass; those that do not are removed and the task fails.
+    description:
+      - Seconds to wait for new instances to pass; those that do not are removed and the task fails.
+      - With O(compute=ec2) it also bounds the wait for each new instance to reach the running state.
     type: float
     default: 120
   drain_period:
@@ -145,6 +159,23 @@ EXAMPLES = r"""
     docker_host: unix:///run/podman/podman.sock
     consul_url: http://127.0.0.1:8500
 
+- name: Run two EC2 instances of api from an AMI, registered at their private IPs
+  cyberdyne.skynet.skynet_compute:
+    service: api
+    compute: ec2
+    image: ami-0abcdef1234567890
+    count: 2
+    port: 8080
+    region: eu-west-1
+    instance_type: t3.small
+    subnet_id: subnet-0123456789abcdef0
+    security_groups: [sg-0123456789abcdef0]
+    user_data: |
+      #cloud-config
+      runcmd: [systemctl start api]
+    health:
+      type: tcp
+
 - name: Remove every blue instance of web
   cyberdyne.skynet.skynet_compute:
     service: web
@@ -166,7 +197,7 @@ created:
   type: list
   elements: str
 removed:
-  description: Ids of the instances stopped and deregistered.
+  description: Ids of the instances stopped (EC2 instances terminated) and deregistered.
   returned: always
   type: list
   elements: str
@@ -185,17 +216,31 @@ registered:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _docker_driver
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _docker_driver, _ec2_driver
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import Spec
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._service import Desired, ServiceConverger
 
 
+def make_driver(p):
+    if p["compute"] == "ec2":
+        return _ec2_driver.Ec2Driver.from_params(p)
+    return _docker_driver.DockerDriver(
+        p["docker_host"],
+        advertise_address=p["advertise_address"],
+        bind_address=p["bind_address"],
+        tls_ca_cert=p["tls_ca_cert"],
+        tls_client_cert=p["tls_client_cert"],
+        tls_client_key=p["tls_client_key"],
+        validate_certs=p["validate_certs"],
+    )
+
+
 def main():
     argument_spec = dict(
         service=dict(type="str", required=True),
-        compute=dict(type="str", choices=["docker"], default="docker"),
+        compute=dict(type="str", choices=["docker", "ec2"], default="docker"),
         state=dict(type="str", choices=["present", "absent"], default="present"),
         count=dict(type="int"),
         image=dict(type="str"),
@@ -225,6 +270,7 @@ def main():
         scale_in_policy=dict(type="str", choices=["newest_first", "oldest_first"], default="newest_first"),
         **_consul.consul_argument_spec(),
         **_docker_driver.docker_argument_spec(),
+        **_ec2_driver.ec2_argument_spec(),
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -233,9 +279,15 @@ def main():
     )
     if not _consul.HAS_CONSUL:
         module.fail_json(msg=missing_required_lib("py-consul"), exception=str(_consul.CONSUL_IMPORT_ERROR))
-    if not _docker_driver.HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib("docker"), exception=str(_docker_driver.DOCKER_IMPORT_ERROR))
     p = module.params
+    if p["compute"] == "docker" and not _docker_driver.HAS_DOCKER:
+        module.fail_json(msg=missing_required_lib("docker"), exception=str(_docker_driver.DOCKER_IMPORT_ERROR))
+    if p["compute"] == "ec2" and not _ec2_driver.HAS_BOTO3:
+        module.fail_json(msg=missing_required_lib("boto3"), exception=str(_ec2_driver.BOTO3_IMPORT_ERROR))
+    if p["compute"] == "ec2":
+        ignored = [k for k in ("host_port", "env", "command", "memory", "cpus") if p[k]]
+        if ignored:
+            module.warn(f"compute=ec2 ignores the Docker-only options {', '.join(ignored)}")
     if p["count"] is not None and p["count"] < 0:
         module.fail_json(msg=f"count must be 0 or more, got {p['count']}")
 
@@ -262,15 +314,7 @@ def main():
         scale_in_policy=p["scale_in_policy"],
     )
     try:
-        driver = _docker_driver.DockerDriver(
-            p["docker_host"],
-            advertise_address=p["advertise_address"],
-            bind_address=p["bind_address"],
-            tls_ca_cert=p["tls_ca_cert"],
-            tls_client_cert=p["tls_client_cert"],
-            tls_client_key=p["tls_client_key"],
-            validate_certs=p["validate_certs"],
-        )
+        driver = make_driver(p)
         registry = Registry(_consul.connect(p))
         outcome, before, after = ServiceConverger(driver, registry).converge(desired, check_mode=module.check_mode)
     except SkynetError as e:

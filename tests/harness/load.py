@@ -15,6 +15,7 @@ class LoadLoop:
         self.ok = 0
         self.failures: list[str] = []
         self.bodies: Counter = Counter()
+        self.latencies: list[tuple[float, float]] = []  # (monotonic time, seconds) of each success
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -22,10 +23,12 @@ class LoadLoop:
         session = requests.Session()
         next_at = time.monotonic()
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 r = session.get(self.url, timeout=5)
                 if r.status_code == 200:
                     self.ok += 1
+                    self.latencies.append((started, time.monotonic() - started))
                     self.bodies[r.text.strip()] += 1
                 else:
                     self.failures.append(f"HTTP {r.status_code}")

@@ -245,9 +245,7 @@ frontend stats
 
     def write(self, body: str):
         self.cfg.write_text(self.render(body))
-        check = subprocess.run(
-            ["haproxy", "-c", "-f", str(self.cfg)], capture_output=True, text=True, check=False
-        )
+        check = subprocess.run(["haproxy", "-c", "-f", str(self.cfg)], capture_output=True, text=True, check=False)
         if check.returncode:
             raise HarnessError(f"haproxy rejects the config:\n{check.stdout}{check.stderr}")
 
@@ -317,3 +315,28 @@ class Moto:
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
+
+
+def consul_backend(name: str, frontend_port: int, consul_dns_port: int, color: str = "blue", slots: int = 8) -> str:
+    """HAProxy config of one HTTP service whose servers come from Consul DNS SRV records of one color."""
+    template = f"server-template {name} {slots} _{name}._{color}.service.consul resolvers consul"
+    return f"""
+resolvers consul
+    nameserver consul 127.0.0.1:{consul_dns_port}
+    accepted_payload_size 8192
+    hold valid 1s
+    hold obsolete 0s
+    timeout resolve 1s
+    timeout retry 1s
+
+frontend {name}
+    bind 127.0.0.1:{frontend_port}
+    default_backend {name}
+
+backend {name}
+    balance roundrobin
+    option redispatch
+    retries 3
+    retry-on all-retryable-errors
+    {template} resolve-opts allow-dup-ip init-addr none check inter 1s
+"""

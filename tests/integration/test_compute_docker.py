@@ -11,33 +11,14 @@ import requests
 from harness.ansible import run_module
 from harness.load import LoadLoop
 from harness.proc import free_port, wait_for
+from harness.stack import consul_backend
 
 MODULE = "cyberdyne.skynet.skynet_compute"
 
 
-def haproxy_for(stack, consul, service, slots=8):
+def haproxy_for(stack, consul, service):
     frontend = free_port()
-    template = f"server-template {service} {slots} _{service}._blue.service.consul resolvers consul"
-    stack.haproxy(f"""
-resolvers consul
-    nameserver consul 127.0.0.1:{consul.dns_port}
-    accepted_payload_size 8192
-    hold valid 1s
-    hold obsolete 0s
-    timeout resolve 1s
-    timeout retry 1s
-
-frontend {service}
-    bind 127.0.0.1:{frontend}
-    default_backend {service}
-
-backend {service}
-    balance roundrobin
-    option redispatch
-    retries 3
-    retry-on all-retryable-errors
-    {template} resolve-opts allow-dup-ip init-addr none check inter 1s
-""")
+    stack.haproxy(consul_backend(service, frontend, consul.dns_port))
     return f"http://127.0.0.1:{frontend}/"
 
 
@@ -100,7 +81,9 @@ def test_lifecycle(stack, consul, docker_client, sample_image, compute):
     assert len(passing_ids(consul, service)) == 5
 
     url = haproxy_for(stack, consul, service)
-    wait_for(lambda: len({requests.get(url, timeout=2).text for _request in range(10)}) == 5, 20, "HAProxy to use all 5")
+    wait_for(
+        lambda: len({requests.get(url, timeout=2).text for _request in range(10)}) == 5, 20, "HAProxy to use all 5"
+    )
     with LoadLoop(url, rate=50) as load:
         time.sleep(1)
         one = run_module(MODULE, {**v1, "count": 1})
