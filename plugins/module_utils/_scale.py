@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import Spec
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
@@ -152,17 +153,22 @@ class Autoscaler:
 
     # -- the cycle ---------------------------------------------------------------------------
 
-    def run(self, definitions, limit=None, check_mode=False, dry_run=False, lock_wait=0.0, converge_options=None):
+    def run(
+        self, definitions, limit=None, check_mode=False, dry_run=False, lock_wait=0.0, converge_options=None, parallel=8
+    ):
+        """Decisions in the order of the definitions; services are decided and changed `parallel` at a time."""
         policies = validate(definitions, limit)
         self.registry.check()
         self.driver.check()
         values = self.measure(policies)
-        decisions = []
-        for name, (definition, policy) in policies.items():
-            decisions.append(
-                self._one(definition, policy, values[name], check_mode, dry_run, lock_wait, converge_options or {})
-            )
-        return decisions
+
+        def one(item):
+            name, (definition, policy) = item
+            return self._one(definition, policy, values[name], check_mode, dry_run, lock_wait, converge_options or {})
+
+        # Services are independent (a lock each); most of a change is waiting for health checks.
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            return list(pool.map(one, policies.items()))
 
     def _one(self, definition, policy, values, check_mode, dry_run, lock_wait, options):
         name = definition["name"]

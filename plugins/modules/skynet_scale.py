@@ -65,6 +65,10 @@ options:
     description: Seconds to wait for another run's lock on a service before skipping it.
     type: float
     default: 0
+  parallel:
+    description: How many services are decided and changed at the same time.
+    type: int
+    default: 8
   key_prefix:
     description: Consul KV prefix of the decisions, state and locks.
     type: str
@@ -175,6 +179,7 @@ def main():
             limit=dict(type="list", elements="str"),
             dry_run=dict(type="bool", default=False),
             lock_wait=dict(type="float", default=0),
+            parallel=dict(type="int", default=8),
             key_prefix=dict(type="str", default="skynet/scale", no_log=False),
             prometheus_url=dict(
                 type="str", default="http://127.0.0.1:9090", fallback=(env_fallback, ["PROMETHEUS_URL"])
@@ -220,6 +225,7 @@ def main():
             check_mode=module.check_mode,
             dry_run=p["dry_run"],
             lock_wait=p["lock_wait"],
+            parallel=p["parallel"],
             converge_options=dict(drain_period=p["drain_period"], wait_timeout=p["wait_timeout"]),
         )
     except SkynetError as e:
