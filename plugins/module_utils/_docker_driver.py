@@ -186,11 +186,16 @@ class DockerDriver(ComputeDriver):
             return
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise self._fail(f"find container {instance.id}", e) from e
-        try:
-            if container.status == "running":
-                container.stop(timeout=stop_timeout)
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            return
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-            raise self._fail(f"remove container {instance.id}", e) from e
+        for attempt in range(3):
+            try:
+                if container.status == "running" and attempt == 0:
+                    container.stop(timeout=stop_timeout)
+                container.remove(force=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+                # Podman on vfs sometimes reports a busy shm mount for a moment after the stop.
+                if attempt == 2 or "busy" not in str(e):
+                    raise self._fail(f"remove container {instance.id}", e) from e
+                time.sleep(0.5)

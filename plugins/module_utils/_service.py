@@ -9,10 +9,11 @@ created instance that cannot be registered or never passes is removed) or report
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import plan
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._registrator import container_labels
 
 
 @dataclass
@@ -97,9 +98,11 @@ class ServiceConverger:
     def _start(self, n, desired):
         """Starts n instances, registers them and waits until they pass; undoes them all on failure."""
         started = []
+        # Labels that make a registrator on the host register the instance exactly as we do.
+        spec = replace(desired.spec, labels={**container_labels(desired.health, desired.tags), **desired.spec.labels})
         try:
             for _attempt in range(n):
-                inst = self.driver.create(desired.spec)
+                inst = self.driver.create(spec)
                 started.append(inst)
                 self.registry.register(inst, desired.health, desired.tags)
             if desired.wait:

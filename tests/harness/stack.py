@@ -158,7 +158,17 @@ class Stack:
         # Podman refuses a runroot longer than 50 characters: it gets a short dir of its own.
         runroot = tempfile.mkdtemp(prefix="skynet-stack-", dir="/tmp")
         self.on_close(lambda: shutil.rmtree(runroot, ignore_errors=True))
-        storage = ["--root", str(self.path(name, "root")), "--runroot", runroot, "--storage-driver", "vfs"]
+        # Its own tmpdir too: engines sharing /run/libpod share events, exit files and locks.
+        storage = [
+            "--root",
+            str(self.path(name, "root")),
+            "--runroot",
+            runroot,
+            "--tmpdir",
+            f"{runroot}/libpod",
+            "--storage-driver",
+            "vfs",
+        ]
         env = {"CONTAINERS_CONF": str(CONTAINERS_CONF)}
         sock = self.path(name, "docker.sock")
         cli = [podman, *storage]
