@@ -216,31 +216,16 @@ registered:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _docker_driver, _ec2_driver
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _drivers
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import Spec
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._service import Desired, ServiceConverger
 
 
-def make_driver(p):
-    if p["compute"] == "ec2":
-        return _ec2_driver.Ec2Driver.from_params(p)
-    return _docker_driver.DockerDriver(
-        p["docker_host"],
-        advertise_address=p["advertise_address"],
-        bind_address=p["bind_address"],
-        tls_ca_cert=p["tls_ca_cert"],
-        tls_client_cert=p["tls_client_cert"],
-        tls_client_key=p["tls_client_key"],
-        validate_certs=p["validate_certs"],
-    )
-
-
 def main():
     argument_spec = dict(
         service=dict(type="str", required=True),
-        compute=dict(type="str", choices=["docker", "ec2"], default="docker"),
         state=dict(type="str", choices=["present", "absent"], default="present"),
         count=dict(type="int"),
         image=dict(type="str"),
@@ -269,8 +254,7 @@ def main():
         stop_timeout=dict(type="int", default=10),
         scale_in_policy=dict(type="str", choices=["newest_first", "oldest_first"], default="newest_first"),
         **_consul.consul_argument_spec(),
-        **_docker_driver.docker_argument_spec(),
-        **_ec2_driver.ec2_argument_spec(),
+        **_drivers.compute_argument_spec(),
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -280,10 +264,9 @@ def main():
     if not _consul.HAS_CONSUL:
         module.fail_json(msg=missing_required_lib("py-consul"), exception=str(_consul.CONSUL_IMPORT_ERROR))
     p = module.params
-    if p["compute"] == "docker" and not _docker_driver.HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib("docker"), exception=str(_docker_driver.DOCKER_IMPORT_ERROR))
-    if p["compute"] == "ec2" and not _ec2_driver.HAS_BOTO3:
-        module.fail_json(msg=missing_required_lib("boto3"), exception=str(_ec2_driver.BOTO3_IMPORT_ERROR))
+    missing = _drivers.missing_library(p)
+    if missing:
+        module.fail_json(msg=missing_required_lib(missing[0]), exception=str(missing[1]))
     if p["compute"] == "ec2":
         ignored = [k for k in ("host_port", "env", "command", "memory", "cpus") if p[k]]
         if ignored:
@@ -314,7 +297,7 @@ def main():
         scale_in_policy=p["scale_in_policy"],
     )
     try:
-        driver = make_driver(p)
+        driver = _drivers.make_driver(p)
         registry = Registry(_consul.connect(p))
         outcome, before, after = ServiceConverger(driver, registry).converge(desired, check_mode=module.check_mode)
     except SkynetError as e:

@@ -24,6 +24,7 @@ author: Skynet developers (@cyberdyne)
 extends_documentation_fragment:
   - cyberdyne.skynet.consul
   - cyberdyne.skynet.docker
+  - cyberdyne.skynet.ec2
 attributes:
   check_mode:
     support: full
@@ -35,6 +36,11 @@ attributes:
     support: partial
     description: A run changes something only when a policy asks for another instance count.
 options:
+  compute:
+    description: Provider of the services' instances.
+    type: str
+    choices: [docker, ec2]
+    default: docker
   services:
     description:
       - The service definitions, the same list the roles read. Definitions without C(scaling) are skipped.
@@ -165,7 +171,7 @@ decisions:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _docker_driver
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _drivers
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus import PrometheusClient
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
@@ -191,26 +197,19 @@ def main():
             drain_period=dict(type="float", default=5),
             wait_timeout=dict(type="float", default=120),
             **_consul.consul_argument_spec(),
-            **_docker_driver.docker_argument_spec(),
+            **_drivers.compute_argument_spec(),
         ),
         supports_check_mode=True,
     )
     if not _consul.HAS_CONSUL:
         module.fail_json(msg=missing_required_lib("py-consul"), exception=str(_consul.CONSUL_IMPORT_ERROR))
-    if not _docker_driver.HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib("docker"), exception=str(_docker_driver.DOCKER_IMPORT_ERROR))
+    missing = _drivers.missing_library(module.params)
+    if missing:
+        module.fail_json(msg=missing_required_lib(missing[0]), exception=str(missing[1]))
     p = module.params
     try:
         consul = _consul.connect(p)
-        driver = _docker_driver.DockerDriver(
-            p["docker_host"],
-            advertise_address=p["advertise_address"],
-            bind_address=p["bind_address"],
-            tls_ca_cert=p["tls_ca_cert"],
-            tls_client_cert=p["tls_client_cert"],
-            tls_client_key=p["tls_client_key"],
-            validate_certs=p["validate_certs"],
-        )
+        driver = _drivers.make_driver(p)
         prometheus = PrometheusClient(
             p["prometheus_url"],
             timeout=p["prometheus_timeout"],
