@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/.venv/bin:$(CURDIR)/.tools/bin:$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 export CONTAINERS_CONF := $(CURDIR)/tests/harness/containers.conf
 
-.PHONY: deps demo demo-down test lint sanity unit integration build collection-link clean
+.PHONY: deps demo demo-down test lint sanity unit integration molecule build collection-link clean
 
 deps: ## install Debian packages, Consul, Prometheus (consul_sd build), Podman config, the venv
 	@bash scripts/deps.sh
@@ -34,6 +34,9 @@ unit: collection-link
 
 integration: collection-link
 	@bash scripts/test.sh integration
+
+molecule: collection-link ## the roles' molecule scenarios in systemd containers
+	@bash scripts/test.sh molecule
 
 build: ## the collection tarball, installed once to prove ansible-galaxy accepts it
 	@bash scripts/test.sh build

@@ -17,6 +17,17 @@ step_lint() {
 step_sanity() { bash scripts/ansible-test.sh sanity; }
 step_unit() { pytest -q tests/unit; }
 step_integration() { pytest -q tests/integration; }
+step_molecule() {
+  # Each role's scenarios in systemd containers of the image molecule-image.sh builds.
+  bash scripts/molecule-image.sh || return 1
+  local rc=0 dir
+  for dir in roles/*/molecule; do
+    [ -d "$dir" ] || continue
+    printf '\n-- molecule: %s --\n' "${dir%/molecule}"
+    (cd "${dir%/molecule}" && molecule test --all) || rc=1
+  done
+  return $rc
+}
 step_build() {
   local out="$TMPDIR/galaxy" && rm -rf "$out" && mkdir -p "$out" &&
     ansible-galaxy collection build --force --output-path "$out" . &&
@@ -27,14 +38,15 @@ step_build() {
 step_leftovers() {
   # The harness names its work dirs skynet-stack-* under $TMPDIR: none, nor any process using
   # one, may remain (other clones' runs use other TMPDIRs).
-  local dirs procs
+  local dirs procs ctrs
   dirs=$(find "$TMPDIR" -maxdepth 1 -name 'skynet-stack-*' 2>/dev/null)
   procs=$(pgrep -af "$TMPDIR/skynet-stack-" | grep -v pgrep)
-  [ -z "$dirs$procs" ] || { echo "left behind:"; echo "$dirs"; echo "$procs"; return 1; }
+  ctrs=$(podman ps -aq --filter label=owner=molecule 2>/dev/null)
+  [ -z "$dirs$procs$ctrs" ] || { echo "left behind:"; echo "$dirs"; echo "$procs"; echo "$ctrs"; return 1; }
 }
 
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(lint sanity unit integration build leftovers)
+[ ${#steps[@]} -gt 0 ] || steps=(lint sanity unit integration molecule build leftovers)
 passed=() failed=() times=()
 for s in "${steps[@]}"; do
   printf '\n\033[1m== %s ==\033[0m\n' "$s"

@@ -160,14 +160,8 @@ class Stack:
         self.on_close(lambda: shutil.rmtree(runroot, ignore_errors=True))
         # Its own tmpdir too: engines sharing /run/libpod share events, exit files and locks.
         storage = [
-            "--root",
-            str(self.path(name, "root")),
-            "--runroot",
-            runroot,
-            "--tmpdir",
-            f"{runroot}/libpod",
-            "--storage-driver",
-            "vfs",
+            *("--root", str(self.path(name, "root")), "--runroot", runroot, "--tmpdir", f"{runroot}/libpod"),
+            *("--network-config-dir", str(self.path(name, "networks")), "--storage-driver", "vfs"),
         ]
         env = {"CONTAINERS_CONF": str(CONTAINERS_CONF)}
         sock = self.path(name, "docker.sock")
