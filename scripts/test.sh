@@ -41,10 +41,12 @@ step_leftovers() {
   local dirs procs ctrs
   dirs=$(find "$TMPDIR" -maxdepth 1 -name 'skynet-stack-*' 2>/dev/null)
   procs=$(pgrep -af "$TMPDIR/skynet-stack-" | grep -v pgrep)
-  ctrs=$(podman ps -aq --filter label=owner=molecule 2>/dev/null)
+  ctrs=$(comm -13 <(echo "$molecule_before" | sort) <(podman ps -aq --filter label=owner=molecule 2>/dev/null | sort))
   [ -z "$dirs$procs$ctrs" ] || { echo "left behind:"; echo "$dirs"; echo "$procs"; echo "$ctrs"; return 1; }
 }
 
+# Molecule containers that other work on this machine already had are not this run's leftovers.
+molecule_before=$(podman ps -aq --filter label=owner=molecule 2>/dev/null)
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(lint sanity unit integration molecule build leftovers)
 passed=() failed=() times=()
