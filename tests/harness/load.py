@@ -1,4 +1,4 @@
-"""A bounded HTTP load loop that counts what failed."""
+"""Bounded HTTP load loops that count what failed and note what answered."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class LoadLoop:
         self.failures: list[str] = []
         self.bodies: Counter = Counter()
         self.latencies: list[tuple[float, float]] = []  # (monotonic time, seconds) of each success
+        self.answers: list[tuple[float, str]] = []  # (wall time the request was sent, body) of each success
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -23,13 +24,14 @@ class LoadLoop:
         session = requests.Session()
         next_at = time.monotonic()
         while not self._stop.is_set():
-            started = time.monotonic()
+            started, sent = time.monotonic(), time.time()
             try:
                 r = session.get(self.url, timeout=5)
                 if r.status_code == 200:
                     self.ok += 1
                     self.latencies.append((started, time.monotonic() - started))
                     self.bodies[r.text.strip()] += 1
+                    self.answers.append((sent, r.text.strip()))
                 else:
                     self.failures.append(f"HTTP {r.status_code}")
             except requests.RequestException as e:
@@ -44,3 +46,34 @@ class LoadLoop:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(10)
+
+
+class LoadLoops:
+    """n LoadLoops of `rate` requests/s each, started and stopped together."""
+
+    def __init__(self, url: str, n: int = 4, rate: float = 50):
+        self.loops = [LoadLoop(url, rate) for _loop in range(n)]
+        self.seconds = 0.0
+
+    def __enter__(self):
+        self._started = time.monotonic()
+        for loop in self.loops:
+            loop.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for loop in self.loops:
+            loop.__exit__(*exc)
+        self.seconds = time.monotonic() - self._started
+
+    @property
+    def ok(self) -> int:
+        return sum(loop.ok for loop in self.loops)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f for loop in self.loops for f in loop.failures]
+
+    @property
+    def answers(self) -> list[tuple[float, str]]:
+        return sorted(a for loop in self.loops for a in loop.answers)

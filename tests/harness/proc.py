@@ -61,7 +61,7 @@ class Process:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def wait_ready(self, check, timeout: float = 30):
+    def wait_ready(self, check, timeout: float = 120):
         def ready():
             if not self.alive():
                 raise HarnessError(f"{self.name} exited with {self.popen.returncode}:\n{self.tail()}")

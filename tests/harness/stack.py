@@ -163,13 +163,20 @@ class Stack:
             *("--root", str(self.path(name, "root")), "--runroot", runroot, "--tmpdir", f"{runroot}/libpod"),
             *("--network-config-dir", str(self.path(name, "networks")), "--storage-driver", "vfs"),
         ]
-        env = {"CONTAINERS_CONF": str(CONTAINERS_CONF)}
+        # Podman leaves the tarballs of API image imports (api_load.tar*) in its TMPDIR: the work dir's.
+        env = {"CONTAINERS_CONF": str(CONTAINERS_CONF), "TMPDIR": str(self.path(name, "tmp", ".keep").parent)}
         sock = self.path(name, "docker.sock")
         cli = [podman, *storage]
 
         def remove_everything():
-            for args in (["rm", "--all", "--force", "--time", "0"], ["system", "reset", "--force"]):
-                subprocess.run([*cli, *args], env={**os.environ, **env}, capture_output=True, timeout=120, check=False)
+            # `rm` tears each container's network down (netns, port-forwarding rules); `system reset`
+            # would not, and a leaked forwarding rule captures a loopback port that the harness may
+            # later give to another component. So rm gets all the time it needs (vfs removals of
+            # hundreds of containers are slow) before the reset.
+            run_env = {**os.environ, **env}
+            steps = ((["rm", "--all", "--force", "--time", "0"], 900), (["system", "reset", "--force"], 120))
+            for args, limit in steps:
+                subprocess.run([*cli, *args], env=run_env, capture_output=True, timeout=limit, check=False)
 
         # Registered before the service so containers go even if the service dies first.
         self.on_close(remove_everything)
@@ -254,15 +261,7 @@ frontend stats
             raise HarnessError(f"haproxy rejects the config:\n{check.stdout}{check.stderr}")
 
     def command(self, cmd: str) -> str:
-        out = subprocess.run(
-            ["socat", "-", f"UNIX-CONNECT:{self.socket}"],
-            input=cmd + "\n",
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        return out.stdout
+        return admin_command(self.socket, cmd)
 
 
 @dataclass
@@ -344,3 +343,16 @@ backend {name}
     retry-on all-retryable-errors
     {template} resolve-opts allow-dup-ip init-addr none check inter 1s
 """
+
+
+def admin_command(socket_path, cmd: str) -> str:
+    """HAProxy's answer to one command on its admin socket, through socat (not the code under test)."""
+    out = subprocess.run(
+        ["socat", "-", f"UNIX-CONNECT:{socket_path}"],
+        input=cmd + "\n",
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return out.stdout

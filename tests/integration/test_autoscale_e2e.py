@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from harness.ansible import run_module
-from harness.load import LoadLoop
+from harness.load import LoadLoop, LoadLoops
 from harness.proc import free_port, wait_for
 from harness.stack import consul_backend
 
@@ -86,10 +86,7 @@ def test_scales_out_under_load_and_back_in_when_it_stops(web, docker_client, con
     assert first["changed"]
     wait_for(lambda: requests.get(web["url"], timeout=1).ok, 20, "the service behind HAProxy")
 
-    loads = [LoadLoop(web["url"], rate=50) for _thread in range(4)]  # ~200 requests/s
-    for load in loads:
-        load.__enter__()
-    try:
+    with LoadLoops(web["url"], n=4, rate=50) as loads:  # ~200 requests/s
         web["prometheus"].wait_query(
             f'sum(rate(haproxy_backend_http_requests_total{{proxy="{name}"}}[10s])) > 150', timeout=40
         )
@@ -122,14 +119,11 @@ def test_scales_out_under_load_and_back_in_when_it_stops(web, docker_client, con
         count = len(running(docker_client, name))
         assert 3 <= count <= 5, history
         ids = {c.id[:12] for c in running(docker_client, name)}
-        served_before = {body.split()[1].split("=")[1] for load in loads for body in load.bodies}
+        served_before = {body.split()[1].split("=")[1] for _sent, body in loads.answers}
         time.sleep(3)
-        served = {body.split()[1].split("=")[1] for load in loads for body in load.bodies}
+        served = {body.split()[1].split("=")[1] for _sent, body in loads.answers}
         assert ids <= served, f"instances not serving traffic: {ids - served} (seen before: {served_before})"
-    finally:
-        for load in loads:
-            load.__exit__(None, None, None)
-    assert sum(len(load.failures) for load in loads) == 0, [load.failures[:3] for load in loads]
+    assert loads.failures == [], loads.failures[:5]
 
     with LoadLoop(web["url"], rate=10) as probe:
         deadline = time.monotonic() + 90

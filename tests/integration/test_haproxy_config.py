@@ -17,6 +17,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._haproxy_config i
 from harness.ansible import run_module
 from harness.load import LoadLoop
 from harness.proc import free_port, wait_for
+from harness.stack import admin_command
 
 COMPUTE = "cyberdyne.skynet.skynet_compute"
 
@@ -52,15 +53,7 @@ class LB:
         return f"http://127.0.0.1:{service['preview_port' if preview else 'lb_port']}/"
 
     def command(self, cmd):
-        out = subprocess.run(
-            ["socat", "-", f"UNIX-CONNECT:{self.socket}"],
-            input=cmd + "\n",
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        return out.stdout
+        return admin_command(self.socket, cmd)
 
     def write_maps(self, live):
         (self.map_dir / "live.map").write_text(render_map(self.services, live))

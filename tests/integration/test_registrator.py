@@ -183,7 +183,7 @@ def test_follows_containers_run_and_killed_by_hand(daemon, consul, docker_client
     check = consul.api("GET", "agent/checks")[f"service:{sid}"]
     assert (check["ServiceID"], check["Type"]) == (sid, "http")
     wait_for(
-        lambda: consul.api("GET", f"health/service/{service}", params={"passing": "1"}), 10, "the /health check to pass"
+        lambda: consul.api("GET", f"health/service/{service}", params={"passing": "1"}), 30, "the /health check to pass"
     )
 
     called = time.monotonic()
@@ -308,7 +308,7 @@ def test_the_check_is_the_one_the_container_asks_for(daemon, consul, docker_clie
     wait_for(
         lambda: [e["Service"]["ID"] for e in consul.api("GET", f"health/service/{service}", params={"passing": "1"})]
         == [f"skynet-{service}-{well.id[:12]}"],
-        10,
+        30,
         "the healthy container to pass",
     )
 
@@ -316,7 +316,7 @@ def test_the_check_is_the_one_the_container_asks_for(daemon, consul, docker_clie
         check = consul.api("GET", "agent/checks")[f"service:skynet-{service}-{sick.id[:12]}"]
         return check if check["Output"] else None
 
-    check = wait_for(sick_check, 10, "the sick container's first check")
+    check = wait_for(sick_check, 30, "the sick container's first check")
     assert check["Status"] == "critical"
     assert f"http://127.0.0.1:{host_port(sick)}/health" in check["Output"]
     assert "404" in check["Output"]
