@@ -18,10 +18,12 @@ step_sanity() { bash scripts/ansible-test.sh sanity; }
 step_unit() { pytest -q tests/unit; }
 step_integration() { pytest -q tests/integration; }
 step_molecule() {
-  # Each role's scenarios in systemd containers of the image molecule-image.sh builds.
+  # Each role's scenarios (or those of the roles in MOLECULE_ROLES) in systemd containers of the
+  # image molecule-image.sh builds.
   bash scripts/molecule-image.sh || return 1
-  local rc=0 dir
-  for dir in roles/*/molecule; do
+  local rc=0 dir role
+  for role in ${MOLECULE_ROLES:-$(cd roles && echo *)}; do
+    dir=roles/$role/molecule
     [ -d "$dir" ] || continue
     printf '\n-- molecule: %s --\n' "${dir%/molecule}"
     (cd "${dir%/molecule}" && molecule test --all) || rc=1
@@ -37,16 +39,21 @@ step_build() {
 }
 step_leftovers() {
   # The harness names its work dirs skynet-stack-* under $TMPDIR: none, nor any process using
-  # one, may remain (other clones' runs use other TMPDIRs).
-  local dirs procs ctrs
+  # one, may remain (other clones' runs use other TMPDIRs). Nor may a container's network
+  # namespace: a leaked one keeps its port-forwarding rules, which then capture the traffic of
+  # whatever later listens on that loopback port.
+  local dirs procs ctrs netns
   dirs=$(find "$TMPDIR" -maxdepth 1 -name 'skynet-stack-*' 2>/dev/null)
   procs=$(pgrep -af "$TMPDIR/skynet-stack-" | grep -v pgrep)
   ctrs=$(comm -13 <(echo "$molecule_before" | sort) <(podman ps -aq --filter label=owner=molecule 2>/dev/null | sort))
-  [ -z "$dirs$procs$ctrs" ] || { echo "left behind:"; echo "$dirs"; echo "$procs"; echo "$ctrs"; return 1; }
+  netns=$(comm -13 <(echo "$netns_before" | sort) <(netns_list | sort))
+  [ -z "$dirs$procs$ctrs$netns" ] || { echo "left behind:"; echo "$dirs"; echo "$procs"; echo "$ctrs"; echo "$netns"; return 1; }
 }
 
 # Molecule containers that other work on this machine already had are not this run's leftovers.
 molecule_before=$(podman ps -aq --filter label=owner=molecule 2>/dev/null)
+netns_list() { ip netns list 2>/dev/null | awk '{print $1}'; }
+netns_before=$(netns_list)
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(lint sanity unit integration molecule build leftovers)
 passed=() failed=() times=()
