@@ -13,7 +13,6 @@ the `request` key.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import posixpath
 import socket
@@ -187,27 +186,15 @@ class BlueGreen:
     def key(self, service, leaf):
         return f"{PREFIX}/{service}/{leaf}"
 
-    def _get(self, key, default=None):
-        entry = self.registry.call(f"read {key}", self.consul.kv.get, key)[1]
-        if not entry or entry.get("Value") is None:
-            return default
-        try:
-            return json.loads(entry["Value"])
-        except ValueError:
-            return default
-
-    def _put(self, key, value, **kwargs):
-        return self.registry.call(f"write {key}", self.consul.kv.put, key, json.dumps(value), **kwargs)
-
     def _delete(self, key):
         self.registry.call(f"delete {key}", self.consul.kv.delete, key)
 
     def _save(self, record):
-        self._put(self.key(record["service"], "release"), record)
+        self.registry.write_json(self.key(record["service"], "release"), record)
 
     def _archive(self, record):
         history_key = self.key(record["service"], "history")
-        self._put(history_key, rel.with_history(self._get(history_key, []), record))
+        self.registry.write_json(history_key, rel.with_history(self.registry.read_json(history_key, []), record))
 
     # -- lock, renewal and requests from other controllers -------------------------------------
 
@@ -224,7 +211,7 @@ class BlueGreen:
         deadline = self.monotonic() + wait
         busy_told = False
         while True:
-            if self._put(self.key(service, "lock"), holder, acquire=sid):
+            if self.registry.write_json(self.key(service, "lock"), holder, acquire=sid):
                 self._sid = sid
                 self._keep_alive(sid)
                 return True
@@ -260,7 +247,7 @@ class BlueGreen:
             self.registry.call("destroy a session", self.consul.session.destroy, sid)
 
     def _holder(self, service):
-        holder = self._get(self.key(service, "lock")) or {}
+        holder = self.registry.read_json(self.key(service, "lock")) or {}
         if not isinstance(holder, dict) or not holder:
             return "another run"
         since = holder.get("since")
@@ -271,7 +258,7 @@ class BlueGreen:
         """Stops the release when another controller asked to."""
         if self._sid and self.monotonic() - self._polled >= 0.5:
             self._polled = self.monotonic()
-            request = self._get(self.key(self._service, "request"))
+            request = self.registry.read_json(self.key(self._service, "request"))
             if isinstance(request, dict) and request.get("kind") in ("rollback", "abort"):
                 raise Interrupted(request["kind"], request)
 
@@ -316,7 +303,7 @@ class BlueGreen:
         return routes
 
     def _live(self, service, routes):
-        live = self._get(self.key(service, "live"))
+        live = self.registry.read_json(self.key(service, "live"))
         if live in rel.COLORS:
             return live
         colors = set(routes.values())
@@ -356,7 +343,7 @@ class BlueGreen:
         def ask():
             nonlocal asked
             if state != "released":
-                self._put(
+                self.registry.write_json(
                     self.key(service, "request"),
                     {
                         "kind": "rollback" if state == "rolled_back" else "abort",
@@ -381,7 +368,7 @@ class BlueGreen:
             before = plan.record.get("id") if plan.record else None
             plan, live = self._plan(opts, state)  # the record may have moved while this run waited
             if asked and not plan.changes:
-                record = self._get(self.key(service, "release")) or {}
+                record = self.registry.read_json(self.key(service, "release")) or {}
                 return {**self._result(plan, live, changed=record.get("id") == before), "release": record}
             self._delete(self.key(service, "request"))
             return self._execute(opts, plan, live)
@@ -390,7 +377,7 @@ class BlueGreen:
 
     def _plan(self, opts, state):
         service = opts.service
-        record = self._get(self.key(service, "release"))
+        record = self.registry.read_json(self.key(service, "release"))
         if record is not None and not isinstance(record, dict):
             record = None
         if state == "released":
@@ -409,7 +396,7 @@ class BlueGreen:
                 if opts.preview.get("enabled"):
                     self._routes(service, preview=True)
         else:
-            live = self._get(self.key(service, "live"))
+            live = self.registry.read_json(self.key(service, "live"))
             live = live if live in rel.COLORS else "blue"
             plan = rel.plan_undo("rollback" if state == "rolled_back" else "abort", service, record, live)
         return plan, live
@@ -512,7 +499,7 @@ class BlueGreen:
 
     def _final(self, plan, live, record):
         result = self._result(plan, live, changed=True)
-        now_live = self._get(self.key(record["service"], "live"))
+        now_live = self.registry.read_json(self.key(record["service"], "live"))
         result.update(live=now_live if now_live in rel.COLORS else live, release=record)
         if record["phase"] == "done":
             result["msg"] = f"{record['service']} runs {record['image']} on {record['to']}, live"
@@ -663,7 +650,7 @@ class BlueGreen:
             self._done(record, entry, "failed", str(failure))
             back = f"{', '.join(put_back)} put back to {old}" if put_back else "no node had been switched"
             raise StepFailed(f"switch failed: {failure}; {back}")
-        self._put(self.key(service, "live"), new)
+        self.registry.write_json(self.key(service, "live"), new)
         record["switch_seconds"] = switch_seconds
         details = [
             f"{len(self.nodes)} HAProxy node(s) send {service} to {new} (map change {switch_seconds * 1000:.1f} ms)",
@@ -709,7 +696,7 @@ class BlueGreen:
                     f"for those nodes; run again with state={'aborted' if kind == 'abort' else 'rolled_back'} "
                     "once they answer"
                 )
-            self._put(self.key(service, "live"), old)
+            self.registry.write_json(self.key(service, "live"), old)
             record["switched"] = False
             done.append(f"{len(put_back)} HAProxy node(s) send {service} to {old}")
             done.extend(self._sync_preview(service, old))

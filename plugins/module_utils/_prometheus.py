@@ -28,6 +28,30 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
 _NOW_MINUS = re.compile(r"now(?:\s*-\s*(.+))?")
 
 
+def prometheus_argument_spec():
+    """The argument spec paired with the cyberdyne.skynet.prometheus doc fragment."""
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul import env_fallback
+
+    return dict(
+        prometheus_url=dict(type="str", default=DEFAULT_URL, fallback=(env_fallback, ["PROMETHEUS_URL"])),
+        prometheus_timeout=dict(type="float", default=10),
+        prometheus_username=dict(type="str"),
+        prometheus_password=dict(type="str", no_log=True),
+        prometheus_bearer_token=dict(type="str", no_log=True),
+    )
+
+
+def client_from_params(params):
+    """A PrometheusClient from a module's prometheus_* options."""
+    return PrometheusClient(
+        params["prometheus_url"],
+        timeout=params["prometheus_timeout"],
+        username=params["prometheus_username"],
+        password=params["prometheus_password"],
+        bearer_token=params["prometheus_bearer_token"],
+    )
+
+
 def normalize_url(url):
     """The base URL of the API (scheme added, trailing slash removed); SkynetError when unusable."""
     url = (url or DEFAULT_URL).strip()

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul import describe_failure
@@ -53,6 +54,19 @@ class Registry:
 
     def check(self):
         self.call("read the cluster leader", self.client.status.leader)
+
+    def read_json(self, key, default=None):
+        """The JSON value of a KV key; default when the key is absent, empty or not JSON."""
+        entry = self.call(f"read {key}", self.client.kv.get, key)[1]
+        if not entry or entry.get("Value") is None:
+            return default
+        try:
+            return json.loads(entry["Value"])
+        except ValueError:
+            return default
+
+    def write_json(self, key, value, **kwargs):
+        return self.call(f"write {key}", self.client.kv.put, key, json.dumps(value), **kwargs)
 
     def register(self, instance, health, tags=()):
         body = registration(instance, health, tags)

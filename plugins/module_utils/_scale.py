@@ -9,7 +9,6 @@ keeps no local state.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -103,26 +102,14 @@ class Autoscaler:
     def _key(self, service, leaf):
         return f"{self.prefix}/{service}/{leaf}"
 
-    def _get_json(self, key, default=None):
-        entry = self.registry.call(f"read {key}", self.consul.kv.get, key)[1]
-        if not entry or entry.get("Value") is None:
-            return default
-        try:
-            return json.loads(entry["Value"])
-        except ValueError:
-            return default
-
-    def _put_json(self, key, value):
-        self.registry.call(f"write {key}", self.consul.kv.put, key, json.dumps(value))
-
     def release_in_progress(self, service):
-        release = self._get_json(f"skynet/bluegreen/{service}/release")
+        release = self.registry.read_json(f"skynet/bluegreen/{service}/release")
         if release and release.get("phase") not in RELEASE_DONE:
             return release.get("phase") or "unknown"
         return None
 
     def live_color(self, definition):
-        live = self._get_json(f"skynet/bluegreen/{definition['name']}/live")
+        live = self.registry.read_json(f"skynet/bluegreen/{definition['name']}/live")
         return live if live in ("blue", "green") else definition.get("color", "blue")
 
     # -- locking -----------------------------------------------------------------------------
@@ -184,7 +171,7 @@ class Autoscaler:
         try:
             color = self.live_color(definition)
             running = [i for i in self.driver.list(name, color) if i.state == "running"]
-            state = State.from_dict(self._get_json(self._key(name, "state")))
+            state = State.from_dict(self.registry.read_json(self._key(name, "state")))
             decision, new_state = decide(policy, len(running), values, state, self.clock())
             result = {**decision.as_dict(), "color": color, "applied": False, "error": None}
             release = self.release_in_progress(name)
@@ -213,11 +200,11 @@ class Autoscaler:
                 except SkynetError as e:
                     result["error"] = str(e)
                     new_state = state
-            self._put_json(self._key(name, "state"), new_state.as_dict())
-            self._put_json(self._key(name, "last"), result)
+            self.registry.write_json(self._key(name, "state"), new_state.as_dict())
+            self.registry.write_json(self._key(name, "last"), result)
             if decision.action != "hold" or result["error"]:
-                history = self._get_json(self._key(name, "history"), [])
-                self._put_json(self._key(name, "history"), [*history, result][-HISTORY:])
+                history = self.registry.read_json(self._key(name, "history"), [])
+                self.registry.write_json(self._key(name, "history"), [*history, result][-HISTORY:])
             return result
         finally:
             if sid:

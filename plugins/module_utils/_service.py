@@ -16,6 +16,29 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import Sk
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registrator import container_labels
 
 
+def instance_argument_spec():
+    """The argument spec paired with the cyberdyne.skynet.instance doc fragment."""
+    return dict(
+        port=dict(type="int", default=8080),
+        env=dict(type="dict", default={}),
+        command=dict(type="list", elements="str"),
+        memory=dict(type="str"),
+        cpus=dict(type="float"),
+        tags=dict(type="list", elements="str", default=[]),
+        health=dict(
+            type="dict",
+            default={},
+            options=dict(
+                type=dict(type="str", choices=["http", "tcp"], default="http"),
+                path=dict(type="str", default="/"),
+                interval=dict(type="str", default="2s"),
+                timeout=dict(type="str", default="1s"),
+                deregister_after=dict(type="str", default="1m"),
+            ),
+        ),
+    )
+
+
 @dataclass
 class Desired:
     spec: object  # _compute.Spec

@@ -41,6 +41,8 @@ extends_documentation_fragment:
   - cyberdyne.skynet.consul
   - cyberdyne.skynet.docker
   - cyberdyne.skynet.ec2
+  - cyberdyne.skynet.instance
+  - cyberdyne.skynet.prometheus
 attributes:
   check_mode:
     support: full
@@ -82,55 +84,6 @@ options:
     type: str
     choices: [docker, ec2]
     default: docker
-  port:
-    description: Port the service listens on inside an instance.
-    type: int
-    default: 8080
-  env:
-    description: Environment variables of the new instances. Docker only.
-    type: dict
-    default: {}
-  command:
-    description: Command the new instances run instead of the image's. Docker only.
-    type: list
-    elements: str
-  memory:
-    description: Memory limit of each instance, for example V(256m). Docker only.
-    type: str
-  cpus:
-    description: CPU limit of each instance, in CPUs. Docker only.
-    type: float
-  tags:
-    description: More Consul tags of every new instance (the color is always one).
-    type: list
-    elements: str
-    default: []
-  health:
-    description: Health check Consul runs against each new instance.
-    type: dict
-    default: {}
-    suboptions:
-      type:
-        description: V(http) gets O(health.path) and wants a 2xx; V(tcp) only connects.
-        type: str
-        choices: [http, tcp]
-        default: http
-      path:
-        description: Path of the HTTP check.
-        type: str
-        default: /
-      interval:
-        description: How often Consul checks.
-        type: str
-        default: 2s
-      timeout:
-        description: How long one check may take.
-        type: str
-        default: 1s
-      deregister_after:
-        description: Consul deregisters an instance critical for this long.
-        type: str
-        default: 1m
   haproxy:
     description:
       - The HAProxy nodes that route the service; all are switched together.
@@ -265,23 +218,6 @@ options:
       - With O(state=rolled_back) or O(state=aborted), that run is asked to stop and given this long to do so.
     type: float
     default: 30
-  prometheus_url:
-    description: Prometheus the analysis queries go to. Defaults to E(PROMETHEUS_URL).
-    type: str
-    default: http://127.0.0.1:9090
-  prometheus_timeout:
-    description: Seconds to wait for each query.
-    type: float
-    default: 10
-  prometheus_username:
-    description: Basic auth user for Prometheus.
-    type: str
-  prometheus_password:
-    description: Basic auth password for Prometheus.
-    type: str
-  prometheus_bearer_token:
-    description: Bearer token for Prometheus.
-    type: str
 """
 
 EXAMPLES = r"""
@@ -414,14 +350,18 @@ msg:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _drivers
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._bluegreen import BlueGreen, HAProxyNode, ReleaseOptions
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._haproxy_runtime import HAProxyRuntime
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus import PrometheusClient
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus import (
+    client_from_params,
+    prometheus_argument_spec,
+)
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._release import parse_analysis
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._service import instance_argument_spec
 
 
 def analysis_spec():
@@ -454,23 +394,7 @@ def main():
         image=dict(type="str"),
         version=dict(type="str"),
         count=dict(type="int"),
-        port=dict(type="int", default=8080),
-        env=dict(type="dict", default={}),
-        command=dict(type="list", elements="str"),
-        memory=dict(type="str"),
-        cpus=dict(type="float"),
-        tags=dict(type="list", elements="str", default=[]),
-        health=dict(
-            type="dict",
-            default={},
-            options=dict(
-                type=dict(type="str", choices=["http", "tcp"], default="http"),
-                path=dict(type="str", default="/"),
-                interval=dict(type="str", default="2s"),
-                timeout=dict(type="str", default="1s"),
-                deregister_after=dict(type="str", default="1m"),
-            ),
-        ),
+        **instance_argument_spec(),
         haproxy=dict(
             type="list",
             elements="dict",
@@ -503,11 +427,7 @@ def main():
         drain_period=dict(type="float", default=5),
         stop_timeout=dict(type="int", default=10),
         lock_wait=dict(type="float", default=30),
-        prometheus_url=dict(type="str", default="http://127.0.0.1:9090", fallback=(env_fallback, ["PROMETHEUS_URL"])),
-        prometheus_timeout=dict(type="float", default=10),
-        prometheus_username=dict(type="str"),
-        prometheus_password=dict(type="str", no_log=True),
-        prometheus_bearer_token=dict(type="str", no_log=True),
+        **prometheus_argument_spec(),
         **_consul.consul_argument_spec(),
         **_drivers.compute_argument_spec(),
     )
@@ -558,13 +478,7 @@ def main():
         ]
         prometheus = None
         if options.pre.enabled or options.post.enabled:
-            prometheus = PrometheusClient(
-                p["prometheus_url"],
-                timeout=p["prometheus_timeout"],
-                username=p["prometheus_username"],
-                password=p["prometheus_password"],
-                bearer_token=p["prometheus_bearer_token"],
-            )
+            prometheus = client_from_params(p)
         consul = _consul.connect(p)
         release = BlueGreen(consul, Registry(consul), _drivers.make_driver(p), nodes, prometheus)
         result = release.run(options, state=p["state"], check_mode=module.check_mode)

@@ -28,6 +28,7 @@ extends_documentation_fragment:
   - cyberdyne.skynet.consul
   - cyberdyne.skynet.docker
   - cyberdyne.skynet.ec2
+  - cyberdyne.skynet.instance
 attributes:
   check_mode:
     support: full
@@ -62,66 +63,15 @@ options:
     description:
       - Image the instances run; with O(compute=ec2) the id of the AMI. Required with O(state=present).
     type: str
-  port:
-    description:
-      - Port the service listens on inside an instance.
-      - With O(compute=ec2) the port registered in Consul with the instance's private IP.
-    type: int
-    default: 8080
   host_port:
     description: Host port to publish O(port) on; V(0) picks a free one per instance. Docker only.
     type: int
     default: 0
-  env:
-    description: Environment variables of the instances. Docker only.
-    type: dict
-    default: {}
-  command:
-    description: Command the instances run instead of the image's. Docker only.
-    type: list
-    elements: str
-  memory:
-    description: Memory limit of each instance, for example V(256m). Docker only.
-    type: str
-  cpus:
-    description: CPU limit of each instance, in CPUs. Docker only.
-    type: float
   color:
     description: Generation of the service, a tag in Consul (C(_web._blue.service.consul) resolves one color).
     type: str
     choices: [blue, green]
     default: blue
-  tags:
-    description: More Consul tags of every instance.
-    type: list
-    elements: str
-    default: []
-  health:
-    description: Health check Consul runs against each instance.
-    type: dict
-    default: {}
-    suboptions:
-      type:
-        description: V(http) gets O(health.path) and wants a 2xx; V(tcp) only connects.
-        type: str
-        choices: [http, tcp]
-        default: http
-      path:
-        description: Path of the HTTP check.
-        type: str
-        default: /
-      interval:
-        description: How often Consul checks.
-        type: str
-        default: 2s
-      timeout:
-        description: How long one check may take.
-        type: str
-        default: 1s
-      deregister_after:
-        description: Consul deregisters an instance critical for this long (C(DeregisterCriticalServiceAfter)).
-        type: str
-        default: 1m
   wait:
     description: Wait until every new instance passes its health check.
     type: bool
@@ -220,7 +170,11 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import Spec
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._service import Desired, ServiceConverger
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._service import (
+    Desired,
+    ServiceConverger,
+    instance_argument_spec,
+)
 
 
 def main():
@@ -229,30 +183,14 @@ def main():
         state=dict(type="str", choices=["present", "absent"], default="present"),
         count=dict(type="int"),
         image=dict(type="str"),
-        port=dict(type="int", default=8080),
         host_port=dict(type="int", default=0),
-        env=dict(type="dict", default={}),
-        command=dict(type="list", elements="str"),
-        memory=dict(type="str"),
-        cpus=dict(type="float"),
         color=dict(type="str", choices=["blue", "green"], default="blue"),
-        tags=dict(type="list", elements="str", default=[]),
-        health=dict(
-            type="dict",
-            default={},
-            options=dict(
-                type=dict(type="str", choices=["http", "tcp"], default="http"),
-                path=dict(type="str", default="/"),
-                interval=dict(type="str", default="2s"),
-                timeout=dict(type="str", default="1s"),
-                deregister_after=dict(type="str", default="1m"),
-            ),
-        ),
         wait=dict(type="bool", default=True),
         wait_timeout=dict(type="float", default=120),
         drain_period=dict(type="float", default=5),
         stop_timeout=dict(type="int", default=10),
         scale_in_policy=dict(type="str", choices=["newest_first", "oldest_first"], default="newest_first"),
+        **instance_argument_spec(),
         **_consul.consul_argument_spec(),
         **_drivers.compute_argument_spec(),
     )

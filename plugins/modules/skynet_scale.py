@@ -25,6 +25,7 @@ extends_documentation_fragment:
   - cyberdyne.skynet.consul
   - cyberdyne.skynet.docker
   - cyberdyne.skynet.ec2
+  - cyberdyne.skynet.prometheus
 attributes:
   check_mode:
     support: full
@@ -79,23 +80,6 @@ options:
     description: Consul KV prefix of the decisions, state and locks.
     type: str
     default: skynet/scale
-  prometheus_url:
-    description: Prometheus to read the checks' queries from. Defaults to E(PROMETHEUS_URL).
-    type: str
-    default: http://127.0.0.1:9090
-  prometheus_timeout:
-    description: Seconds to wait for each query.
-    type: float
-    default: 10
-  prometheus_username:
-    description: Basic auth user for Prometheus.
-    type: str
-  prometheus_password:
-    description: Basic auth password for Prometheus.
-    type: str
-  prometheus_bearer_token:
-    description: Bearer token for Prometheus.
-    type: str
   drain_period:
     description: Seconds between taking an instance out of rotation and stopping it.
     type: float
@@ -170,10 +154,13 @@ decisions:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _drivers
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus import PrometheusClient
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus import (
+    client_from_params,
+    prometheus_argument_spec,
+)
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._scale import Autoscaler
 
@@ -187,13 +174,7 @@ def main():
             lock_wait=dict(type="float", default=0),
             parallel=dict(type="int", default=8),
             key_prefix=dict(type="str", default="skynet/scale", no_log=False),
-            prometheus_url=dict(
-                type="str", default="http://127.0.0.1:9090", fallback=(env_fallback, ["PROMETHEUS_URL"])
-            ),
-            prometheus_timeout=dict(type="float", default=10),
-            prometheus_username=dict(type="str"),
-            prometheus_password=dict(type="str", no_log=True),
-            prometheus_bearer_token=dict(type="str", no_log=True),
+            **prometheus_argument_spec(),
             drain_period=dict(type="float", default=5),
             wait_timeout=dict(type="float", default=120),
             **_consul.consul_argument_spec(),
@@ -210,13 +191,7 @@ def main():
     try:
         consul = _consul.connect(p)
         driver = _drivers.make_driver(p)
-        prometheus = PrometheusClient(
-            p["prometheus_url"],
-            timeout=p["prometheus_timeout"],
-            username=p["prometheus_username"],
-            password=p["prometheus_password"],
-            bearer_token=p["prometheus_bearer_token"],
-        )
+        prometheus = client_from_params(p)
         scaler = Autoscaler(consul, Registry(consul), driver, prometheus, key_prefix=p["key_prefix"])
         decisions = scaler.run(
             p["services"],

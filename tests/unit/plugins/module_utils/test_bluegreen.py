@@ -10,6 +10,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils import _bluegreen
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _release as rel
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import ComputeDriver, Instance
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
 
 
 class Clock:
@@ -93,8 +94,13 @@ class FakeDriver(ComputeDriver):
 
 
 class FakeRegistry:
-    def __init__(self, driver, unhealthy=()):
-        self.driver, self.unhealthy, self.registered, self.drained = driver, set(unhealthy), set(), set()
+    """Health from the fake driver's instances; KV through the real Registry's code on the fake Consul."""
+
+    read_json, write_json = Registry.read_json, Registry.write_json
+
+    def __init__(self, driver, consul, unhealthy=()):
+        self.driver, self.client, self.unhealthy = driver, consul, set(unhealthy)
+        self.registered, self.drained = set(), set()
 
     def call(self, what, fn, *args, **kwargs):
         return fn(*args, **kwargs)
@@ -177,7 +183,7 @@ def world(tmp_path):
     clock = Clock()
     consul = FakeConsul()
     driver = FakeDriver(clock)
-    registry = FakeRegistry(driver)
+    registry = FakeRegistry(driver, consul)
     runtimes = [FakeRuntime(f"lb{n}", driver, str(tmp_path / f"lb{n}")) for n in (1, 2)]
     for n in (1, 2):
         (tmp_path / f"lb{n}").mkdir()

@@ -1,0 +1,62 @@
+# Copyright: Skynet developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    # How the instances a module starts run and are checked (skynet_compute, skynet_bluegreen).
+    DOCUMENTATION = r"""
+options:
+  port:
+    description:
+      - Port the service listens on inside an instance.
+      - With an EC2 compute, the port registered in Consul with the instance's private IP.
+    type: int
+    default: 8080
+  env:
+    description: Environment variables of the instances. Docker only.
+    type: dict
+    default: {}
+  command:
+    description: Command the instances run instead of the image's. Docker only.
+    type: list
+    elements: str
+  memory:
+    description: Memory limit of each instance, for example V(256m). Docker only.
+    type: str
+  cpus:
+    description: CPU limit of each instance, in CPUs. Docker only.
+    type: float
+  tags:
+    description: More Consul tags of every instance (the color is always one).
+    type: list
+    elements: str
+    default: []
+  health:
+    description: Health check Consul runs against each instance.
+    type: dict
+    default: {}
+    suboptions:
+      type:
+        description: V(http) gets O(health.path) and wants a 2xx; V(tcp) only connects.
+        type: str
+        choices: [http, tcp]
+        default: http
+      path:
+        description: Path of the HTTP check.
+        type: str
+        default: /
+      interval:
+        description: How often Consul checks.
+        type: str
+        default: 2s
+      timeout:
+        description: How long one check may take.
+        type: str
+        default: 1s
+      deregister_after:
+        description: Consul deregisters an instance critical for this long (C(DeregisterCriticalServiceAfter)).
+        type: str
+        default: 1m
+"""
