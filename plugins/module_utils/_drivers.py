@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _docker_driver, _ec2_driver
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _docker_driver, _ec2_driver
 
 COMPUTES = ("docker", "ec2")
 
@@ -19,7 +19,9 @@ def compute_argument_spec():
 
 
 def missing_library(params):
-    """(library, import error) the chosen compute needs and lacks, or None."""
+    """(library, import error) that Consul or the chosen compute needs and is not installed, or None."""
+    if not _consul.HAS_CONSUL:
+        return "py-consul", _consul.CONSUL_IMPORT_ERROR
     if params["compute"] == "docker" and not _docker_driver.HAS_DOCKER:
         return "docker", _docker_driver.DOCKER_IMPORT_ERROR
     if params["compute"] == "ec2" and not _ec2_driver.HAS_BOTO3:

@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import COLOR_LABEL, SERVICE_LABEL, Instance
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import registration
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import register_call, registration
 
 try:
     import docker
@@ -493,17 +493,7 @@ class Registrator:
                 why.get(instance_of(entry), "gone"),
             )
         for body in changes.register:
-            self._consul(
-                f"register {body['ID']}",
-                self.consul.agent.service.register,
-                body["Name"],
-                service_id=body["ID"],
-                address=body["Address"],
-                port=body["Port"],
-                tags=body["Tags"],
-                meta=body["Meta"],
-                check=body.get("Check"),
-            )
+            self._consul(f"register {body['ID']}", register_call(self.consul, body))
             self.metrics.inc("skynet_registrator_changes_total", action="register")
             self.log.info(
                 "registered %s (%s at %s:%s, tags %s): container %s",

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -42,6 +43,20 @@ def registration(instance, health, tags=()):
     }
 
 
+def register_call(client, body):
+    """The agent API call that registers a registration() body, ready to run."""
+    return functools.partial(
+        client.agent.service.register,
+        body["Name"],
+        service_id=body["ID"],
+        address=body["Address"],
+        port=body["Port"],
+        tags=body["Tags"],
+        meta=body["Meta"],
+        check=body.get("Check"),
+    )
+
+
 class Registry:
     def __init__(self, client):
         self.client = client
@@ -70,17 +85,7 @@ class Registry:
 
     def register(self, instance, health, tags=()):
         body = registration(instance, health, tags)
-        self.call(
-            f"register {body['ID']}",
-            self.client.agent.service.register,
-            body["Name"],
-            service_id=body["ID"],
-            address=body["Address"],
-            port=body["Port"],
-            tags=body["Tags"],
-            meta=body["Meta"],
-            check=body["Check"],
-        )
+        self.call(f"register {body['ID']}", register_call(self.client, body))
 
     def deregister(self, instance):
         self.call(f"deregister {service_id(instance)}", self.client.agent.service.deregister, service_id(instance))

@@ -199,8 +199,6 @@ def main():
         required_if=[("state", "present", ("count", "image"))],
         supports_check_mode=True,
     )
-    if not _consul.HAS_CONSUL:
-        module.fail_json(msg=missing_required_lib("py-consul"), exception=str(_consul.CONSUL_IMPORT_ERROR))
     p = module.params
     missing = _drivers.missing_library(p)
     if missing:

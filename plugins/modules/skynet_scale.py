@@ -182,8 +182,6 @@ def main():
         ),
         supports_check_mode=True,
     )
-    if not _consul.HAS_CONSUL:
-        module.fail_json(msg=missing_required_lib("py-consul"), exception=str(_consul.CONSUL_IMPORT_ERROR))
     missing = _drivers.missing_library(module.params)
     if missing:
         module.fail_json(msg=missing_required_lib(missing[0]), exception=str(missing[1]))

@@ -356,3 +356,22 @@ def admin_command(socket_path, cmd: str) -> str:
         check=False,
     )
     return out.stdout
+
+
+def remove_containers(containers, timeout: float = 15):
+    """Removes each container; Podman on vfs may hold a stopped container's shm for a moment ("busy")."""
+    import docker.errors
+
+    def remove(container):
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            return True
+        except docker.errors.APIError as e:
+            if "resource busy" in str(e):
+                return False
+            raise
+        return True
+
+    for c in containers:
+        wait_for(lambda c=c: remove(c), timeout, f"container {c.short_id} removed", interval=0.5)

@@ -12,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import docker.errors
 import pytest
 import requests
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._haproxy_config import render, render_map
@@ -20,7 +19,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._haproxy_config i
 from harness.ansible import ROOT, run_module
 from harness.load import LoadLoops
 from harness.proc import free_port, wait_for
-from harness.stack import admin_command
+from harness.stack import admin_command, remove_containers
 
 BLUEGREEN = "cyberdyne.skynet.skynet_bluegreen"
 COMPUTE = "cyberdyne.skynet.skynet_compute"
@@ -102,18 +101,6 @@ def kv(consul, key):
     return json.loads(base64.b64decode(r.json()[0]["Value"]))
 
 
-def remove(container):
-    try:
-        container.remove(force=True)
-    except docker.errors.NotFound:
-        return True
-    except docker.errors.APIError as e:
-        if "resource busy" in str(e):
-            return False
-        raise
-    return True
-
-
 @pytest.fixture
 def release(stack, consul, engine, docker_client, sample_image, unique):
     """Version 1 of a service on blue (2 instances) behind two HAProxy nodes; everything removed at the end."""
@@ -148,8 +135,7 @@ def release(stack, consul, engine, docker_client, sample_image, unique):
         "stop_timeout": 2,
     }
     yield {"name": name, "nodes": nodes, "args": args, "common": common, "service": service}
-    for c in containers(docker_client, name):
-        wait_for(lambda c=c: remove(c), 15, f"container {c.short_id} removed", interval=0.5)
+    remove_containers(containers(docker_client, name))
     for e in consul.api("GET", f"catalog/service/{name}"):
         consul.api("PUT", f"agent/service/deregister/{e['ServiceID']}")
     consul.api("DELETE", f"kv/skynet/bluegreen/{name}", params={"recurse": "1"})

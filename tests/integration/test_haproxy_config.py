@@ -9,7 +9,6 @@ import subprocess
 import time
 from collections import Counter
 
-import docker
 import pytest
 import requests
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._haproxy_config import render, render_map
@@ -17,7 +16,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._haproxy_config i
 from harness.ansible import run_module
 from harness.load import LoadLoop
 from harness.proc import free_port, wait_for
-from harness.stack import admin_command
+from harness.stack import admin_command, remove_containers
 
 COMPUTE = "cyberdyne.skynet.skynet_compute"
 
@@ -141,21 +140,9 @@ def compute(engine, consul, docker_client, services):
     for service in services:
         for e in consul.api("GET", f"catalog/service/{service['name']}"):
             consul.api("PUT", f"agent/service/deregister/{e['ServiceID']}")
-        for c in docker_client.containers.list(all=True, filters={"label": [f"io.skynet.service={service['name']}"]}):
-            # Podman on vfs may still hold a container's shm for a moment after it stopped.
-            wait_for(lambda c=c: remove(c), 15, f"container {c.short_id} removed", interval=0.5)
-
-
-def remove(container):
-    try:
-        container.remove(force=True)
-    except docker.errors.NotFound:
-        return True
-    except docker.errors.APIError as e:
-        if "resource busy" in str(e):
-            return False
-        raise
-    return True
+        remove_containers(
+            docker_client.containers.list(all=True, filters={"label": [f"io.skynet.service={service['name']}"]})
+        )
 
 
 def test_traffic_reaches_the_instances_and_leaves_with_them(stack, consul, sample_image, services, compute):
