@@ -107,6 +107,30 @@ class Stack:
         proc.wait_ready(lambda: _get_ok(f"{h.stats_url}/metrics"))
         return h
 
+    def rendered_haproxy(self, services: list, consul: Consul, name: str = "haproxy", **render_options) -> HAProxy:
+        """HAProxy on the whole config the collection renders for `services` (as roles/haproxy does),
+        its map files (every service on its default color) and admin socket in the work dir."""
+        from ansible_collections.cyberdyne.skynet.plugins.module_utils._haproxy_config import render, render_map
+
+        h = HAProxy(self, name, self.path(name, "haproxy.cfg"), self.path(name, "admin.sock"), free_port())
+        h.map_dir = self.path(name, "maps", "live.map").parent
+        (h.map_dir / "live.map").write_text(render_map(services))
+        (h.map_dir / "preview.map").write_text(render_map(services, preview=True))
+        h.cfg.write_text(
+            render(
+                services,
+                consul_dns=f"127.0.0.1:{consul.dns_port}",
+                map_dir=str(h.map_dir),
+                stats_socket=str(h.socket),
+                stats_bind=f"127.0.0.1:{h.stats_port}",
+                **render_options,
+            )
+        )
+        h.check()
+        h.process = self.start(name, [_which("haproxy"), "-W", "-db", "-f", h.cfg])
+        h.process.wait_ready(lambda: _get_ok(f"{h.stats_url}/metrics"))
+        return h
+
     def prometheus(
         self, config: dict, rules: dict | None = None, consul_sd: bool = False, name: str = "prometheus"
     ) -> Prometheus:
@@ -228,6 +252,7 @@ class HAProxy:
     socket: Path
     stats_port: int
     process: Process | None = None
+    map_dir: Path | None = None  # rendered_haproxy's
 
     @property
     def stats_url(self) -> str:
@@ -256,9 +281,14 @@ frontend stats
 
     def write(self, body: str):
         self.cfg.write_text(self.render(body))
+        self.check()
+
+    def check(self) -> str:
+        """haproxy -c on the config: its output, or HarnessError with it."""
         check = subprocess.run(["haproxy", "-c", "-f", str(self.cfg)], capture_output=True, text=True, check=False)
         if check.returncode:
             raise HarnessError(f"haproxy rejects the config:\n{check.stdout}{check.stderr}")
+        return check.stdout + check.stderr
 
     def command(self, cmd: str) -> str:
         return admin_command(self.socket, cmd)

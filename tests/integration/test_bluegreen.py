@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._haproxy_config import render, render_map
 
 from harness.ansible import ROOT, run_module
 from harness.load import LoadLoops
 from harness.proc import free_port, wait_for
-from harness.stack import admin_command, remove_containers
+from harness.stack import remove_containers
 
 BLUEGREEN = "cyberdyne.skynet.skynet_bluegreen"
 COMPUTE = "cyberdyne.skynet.skynet_compute"
@@ -38,23 +37,8 @@ class Node:
         self.name, self.service = name, service
         self.lb_port, self.preview_port = free_port(), free_port()
         definition = {**service, "lb_port": self.lb_port, "preview_port": self.preview_port}
-        self.map_dir = stack.path(name, "maps", "live.map").parent
-        (self.map_dir / "live.map").write_text(render_map([definition]))
-        (self.map_dir / "preview.map").write_text(render_map([definition], preview=True))
-        self.socket = stack.path(name, "admin.sock")
-        self.stats_port = free_port()
-        cfg = stack.path(name, "haproxy.cfg")
-        cfg.write_text(
-            render(
-                [definition],
-                consul_dns=f"127.0.0.1:{consul.dns_port}",
-                map_dir=str(self.map_dir),
-                stats_socket=str(self.socket),
-                stats_bind=f"127.0.0.1:{self.stats_port}",
-            )
-        )
-        self.process = stack.start(name, ["haproxy", "-W", "-db", "-f", cfg])
-        self.process.wait_ready(lambda: requests.get(f"http://127.0.0.1:{self.stats_port}/metrics", timeout=2).ok)
+        self.haproxy = stack.rendered_haproxy([definition], consul, name)
+        self.map_dir, self.socket, self.process = self.haproxy.map_dir, self.haproxy.socket, self.haproxy.process
 
     @property
     def url(self):
@@ -65,7 +49,7 @@ class Node:
         return f"http://127.0.0.1:{self.preview_port}/"
 
     def command(self, cmd):
-        return admin_command(self.socket, cmd)
+        return self.haproxy.command(cmd)
 
     def route(self, preview=False):
         lines = self.command(f"show map {self.map_dir}/{'preview' if preview else 'live'}.map").split()
@@ -152,7 +136,7 @@ def registered_colors(consul, name):
 
 
 def prometheus_for(stack, nodes):
-    targets = [f"127.0.0.1:{node.stats_port}" for node in nodes]
+    targets = [f"127.0.0.1:{node.haproxy.stats_port}" for node in nodes]
     return stack.prometheus(
         {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

@@ -16,7 +16,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._haproxy_config i
 from harness.ansible import run_module
 from harness.load import LoadLoop
 from harness.proc import free_port, wait_for
-from harness.stack import admin_command, remove_containers
+from harness.stack import remove_containers
 
 COMPUTE = "cyberdyne.skynet.skynet_compute"
 
@@ -26,33 +26,23 @@ class LB:
 
     def __init__(self, stack, consul, services):
         self.services = services
-        self.map_dir = stack.path("lb", "maps", "live.map").parent
-        self.socket = stack.path("lb", "admin.sock")
         self.state = stack.path("lb", "server-state")
         self.state.write_text("1\n")  # an empty state (format version 1): HAProxy warns when there is none
-        self.stats_port = free_port()
-        self.write_maps({})
-        self.cfg = stack.path("lb", "haproxy.cfg")
-        self.cfg.write_text(
-            render(
-                services,
-                consul_dns=f"127.0.0.1:{consul.dns_port}",
-                map_dir=str(self.map_dir),
-                stats_socket=str(self.socket),
-                stats_bind=f"127.0.0.1:{self.stats_port}",
-                server_state_file=str(self.state),
-            )
+        self.haproxy = stack.rendered_haproxy(services, consul, "lb", server_state_file=str(self.state))
+        assert "[WARNING]" not in self.haproxy.check()
+        self.map_dir, self.socket, self.process, self.cfg = (
+            self.haproxy.map_dir,
+            self.haproxy.socket,
+            self.haproxy.process,
+            self.haproxy.cfg,
         )
-        check(self.cfg)
-        self.process = stack.start("haproxy", ["haproxy", "-W", "-db", "-f", self.cfg])
-        self.process.wait_ready(lambda: requests.get(f"http://127.0.0.1:{self.stats_port}/metrics", timeout=2).ok)
 
     def url(self, name, preview=False):
         service = next(s for s in self.services if s["name"] == name)
         return f"http://127.0.0.1:{service['preview_port' if preview else 'lb_port']}/"
 
     def command(self, cmd):
-        return admin_command(self.socket, cmd)
+        return self.haproxy.command(cmd)
 
     def write_maps(self, live):
         (self.map_dir / "live.map").write_text(render_map(self.services, live))
