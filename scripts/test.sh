@@ -28,6 +28,11 @@ step_molecule() {
     printf '\n-- molecule: %s --\n' "${dir%/molecule}"
     (cd "${dir%/molecule}" && molecule test --all) || rc=1
   done
+  # playbooks/site.yml on one container in every group (skipped when MOLECULE_ROLES picks roles).
+  if [ -z "${MOLECULE_ROLES:-}" ] || [[ " $MOLECULE_ROLES " == *" site "* ]]; then
+    printf '\n-- molecule: site --\n'
+    (cd extensions && molecule test -s site) || rc=1
+  fi
   return $rc
 }
 step_build() {
