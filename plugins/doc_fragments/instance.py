@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    # How the instances a module starts run and are checked (skynet_compute, skynet_bluegreen).
+    # How the instances a module starts run, are checked and are stopped (skynet_compute, skynet_bluegreen).
     DOCUMENTATION = r"""
 options:
   port:
@@ -59,4 +59,12 @@ options:
         description: Consul deregisters an instance critical for this long (C(DeregisterCriticalServiceAfter)).
         type: str
         default: 1m
+  drain_period:
+    description: Seconds between taking an instance out of rotation and stopping it.
+    type: float
+    default: 5
+  stop_timeout:
+    description: Seconds an instance has to stop before it is killed.
+    type: int
+    default: 10
 """

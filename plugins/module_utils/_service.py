@@ -36,6 +36,8 @@ def instance_argument_spec():
                 deregister_after=dict(type="str", default="1m"),
             ),
         ),
+        drain_period=dict(type="float", default=5),
+        stop_timeout=dict(type="int", default=10),
     )
 
 

@@ -204,14 +204,6 @@ options:
     description: Keep the old color running after the release, for an instant rollback; the next release reuses it.
     type: bool
     default: false
-  drain_period:
-    description: Seconds between taking instances out of rotation and stopping them.
-    type: float
-    default: 5
-  stop_timeout:
-    description: Seconds an instance has to stop before it is killed.
-    type: int
-    default: 10
   lock_wait:
     description:
       - Seconds to wait for a release of the service run by another controller.
@@ -424,8 +416,6 @@ def main():
         post_analysis=analysis_spec(),
         scale_down_delay=dict(type="float", default=30),
         keep_warm=dict(type="bool", default=False),
-        drain_period=dict(type="float", default=5),
-        stop_timeout=dict(type="int", default=10),
         lock_wait=dict(type="float", default=30),
         **prometheus_argument_spec(),
         **_consul.consul_argument_spec(),

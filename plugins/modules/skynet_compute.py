@@ -82,14 +82,6 @@ options:
       - With O(compute=ec2) it also bounds the wait for each new instance to reach the running state.
     type: float
     default: 120
-  drain_period:
-    description: Seconds between taking an instance out of rotation and stopping it.
-    type: float
-    default: 5
-  stop_timeout:
-    description: Seconds an instance has to stop before it is killed.
-    type: int
-    default: 10
   scale_in_policy:
     description: Which instances go first when scaling in.
     type: str
@@ -187,8 +179,6 @@ def main():
         color=dict(type="str", choices=["blue", "green"], default="blue"),
         wait=dict(type="bool", default=True),
         wait_timeout=dict(type="float", default=120),
-        drain_period=dict(type="float", default=5),
-        stop_timeout=dict(type="int", default=10),
         scale_in_policy=dict(type="str", choices=["newest_first", "oldest_first"], default="newest_first"),
         **instance_argument_spec(),
         **_consul.consul_argument_spec(),
