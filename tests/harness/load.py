@@ -14,7 +14,6 @@ class LoadLoop:
         self.url, self.interval = url, 1 / rate
         self.ok = 0
         self.failures: list[str] = []
-        self.bodies: Counter = Counter()
         self.latencies: list[tuple[float, float]] = []  # (monotonic time, seconds) of each success
         self.answers: list[tuple[float, str]] = []  # (wall time the request was sent, body) of each success
         self._stop = threading.Event()
@@ -30,7 +29,6 @@ class LoadLoop:
                 if r.status_code == 200:
                     self.ok += 1
                     self.latencies.append((started, time.monotonic() - started))
-                    self.bodies[r.text.strip()] += 1
                     self.answers.append((sent, r.text.strip()))
                 else:
                     self.failures.append(f"HTTP {r.status_code}")
@@ -38,6 +36,10 @@ class LoadLoop:
                 self.failures.append(str(e))
             next_at += self.interval
             time.sleep(max(0.0, next_at - time.monotonic()))
+
+    @property
+    def bodies(self) -> Counter:
+        return Counter(body for _sent, body in self.answers)
 
     def __enter__(self):
         self._thread.start()

@@ -253,6 +253,7 @@ class HAProxy:
     stats_port: int
     process: Process | None = None
     map_dir: Path | None = None  # rendered_haproxy's
+    checked: str = ""  # what the last `haproxy -c` said
 
     @property
     def stats_url(self) -> str:
@@ -284,11 +285,12 @@ frontend stats
         self.check()
 
     def check(self) -> str:
-        """haproxy -c on the config: its output, or HarnessError with it."""
+        """haproxy -c on the config: its output (kept in `checked`), or HarnessError with it."""
         check = subprocess.run(["haproxy", "-c", "-f", str(self.cfg)], capture_output=True, text=True, check=False)
         if check.returncode:
             raise HarnessError(f"haproxy rejects the config:\n{check.stdout}{check.stderr}")
-        return check.stdout + check.stderr
+        self.checked = check.stdout + check.stderr
+        return self.checked
 
     def command(self, cmd: str) -> str:
         return admin_command(self.socket, cmd)

@@ -29,7 +29,7 @@ class LB:
         self.state = stack.path("lb", "server-state")
         self.state.write_text("1\n")  # an empty state (format version 1): HAProxy warns when there is none
         self.haproxy = stack.rendered_haproxy(services, consul, "lb", server_state_file=str(self.state))
-        assert "[WARNING]" not in self.haproxy.check()
+        assert "[WARNING]" not in self.haproxy.checked, self.haproxy.checked
         self.map_dir, self.socket, self.process, self.cfg = (
             self.haproxy.map_dir,
             self.haproxy.socket,
