@@ -165,9 +165,14 @@ LIVE = {"live-consul-sd": True, "live-file-sd": False}
 def rendered(tmp_path_factory, consul, receiver, unique_module):
     """Every variant the tests use, rendered by one ansible-playbook run."""
     workdir = tmp_path_factory.mktemp("prometheus-role")
+    # A promtool that accepts every config: it reads what it is given (`true` would exit before
+    # Ansible has written stdin, and the write fails with a broken pipe).
+    accepting = workdir / "promtool-accepting"
+    accepting.write_text("#!/bin/sh\ncat >/dev/null\n")
+    accepting.chmod(0o755)
     variants = {
         "auto-debian-promtool": {"prometheus_consul_sd": "auto", "_prometheus_promtool": "/usr/bin/promtool"},
-        "auto-consul-sd-promtool": {"prometheus_consul_sd": "auto", "_prometheus_promtool": "true"},
+        "auto-consul-sd-promtool": {"prometheus_consul_sd": "auto", "_prometheus_promtool": str(accepting)},
     }
     for name, consul_sd in LIVE.items():
         root = workdir / name
