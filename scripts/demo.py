@@ -1,7 +1,8 @@
 """make demo: elastic scaling of a web service under load, on this machine's loopback.
 
-Brings up Consul, a Podman Docker API, HAProxy, Prometheus and Alertmanager (the components the
-tests use), deploys the sample service with skynet_compute, drives load through HAProxy and runs
+Brings up Consul, a Podman Docker API, HAProxy on the config the collection renders, Prometheus with
+the prometheus role's recording rules, and Alertmanager (the components the tests use), deploys the
+sample service with skynet_compute, drives load through HAProxy and runs
 playbooks/autoscale.yml every few seconds, printing the request rate, the instance count and each
 scaling decision as it happens. Then the load stops and the scale-down shows. A plot of load,
 instances and latency goes to demo-out/autoscale.png. Everything started is stopped at the end,
@@ -24,12 +25,14 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / ".build" / "collections"))  # the collection, as make collection-link links it
 
 from harness.ansible import run_module  # noqa: E402
 from harness.images import build_sample_image  # noqa: E402
 from harness.load import LoadLoop  # noqa: E402
 from harness.proc import free_port, wait_for  # noqa: E402
-from harness.stack import Stack, consul_backend  # noqa: E402
+from harness.product import start_prometheus  # noqa: E402
+from harness.stack import Stack  # noqa: E402
 
 OUT = ROOT / "demo-out"
 PIDFILE = OUT / "demo.pid"
@@ -60,32 +63,12 @@ class Demo:
         self.engine = self.stack.podman()
         self.client = self.engine.client()
         self.image = build_sample_image(self.client, "1")
-        self.frontend = free_port()
-        self.haproxy = self.stack.haproxy(consul_backend(SERVICE, self.frontend, self.consul.dns_port))
-        self.alertmanager = self.stack.alertmanager()
-        haproxy_target = f"127.0.0.1:{self.haproxy.stats_port}"
-        consul_job = {
-            "job_name": "consul",
-            "metrics_path": "/v1/agent/metrics",
-            "params": {"format": ["prometheus"]},
-            "static_configs": [{"targets": [f"127.0.0.1:{self.consul.http_port}"]}],
-        }
-        self.prometheus = self.stack.prometheus(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "alerting": {"alertmanagers": [{"static_configs": [{"targets": [self.alertmanager.url[7:]]}]}]},
-                "scrape_configs": [
-                    {"job_name": "haproxy", "static_configs": [{"targets": [haproxy_target]}]},
-                    consul_job,
-                ],
-            }
-        )
-        self.url = f"http://127.0.0.1:{self.frontend}/"
-        self.rate_query = f'sum(rate(haproxy_backend_http_requests_total{{proxy="{SERVICE}"}}[10s]))'
+        self.rate_query = f'service:skynet_http_requests:rate{{service="{SERVICE}"}}'
         self.definition = {
             "name": SERVICE,
             "image": self.image,
             "port": 8080,
+            "lb_port": free_port(),
             "health": {"path": "/health", "interval": "1s"},
             "scaling": {
                 "min": 1,
@@ -96,6 +79,25 @@ class Demo:
                 "checks": [{"name": "requests", "query": self.rate_query, "aggregate": "total", "target": 50}],
             },
         }
+        # The collection's own path: HAProxy on the config the haproxy role renders (backends
+        # web_blue and web_green, the live one picked by a map), Prometheus with the rules the
+        # prometheus role renders, and a policy on the recorded signal.
+        self.haproxy = self.stack.rendered_haproxy([self.definition], self.consul)
+        self.alertmanager = self.stack.alertmanager()
+        consul_job = {
+            "job_name": "consul",
+            "metrics_path": "/v1/agent/metrics",
+            "params": {"format": ["prometheus"]},
+            "static_configs": [{"targets": [f"127.0.0.1:{self.consul.http_port}"]}],
+        }
+        self.prometheus = start_prometheus(
+            self.stack,
+            [self.definition],
+            {"haproxy": [f"127.0.0.1:{self.haproxy.stats_port}"]},
+            alertmanager_url=self.alertmanager.url,
+            extra_scrape_configs=[consul_job],
+        )
+        self.url = f"http://127.0.0.1:{self.definition['lb_port']}/"
         self.vars_file = OUT / "autoscale-vars.json"
         self.vars_file.write_text(
             json.dumps(
@@ -136,7 +138,7 @@ class Demo:
     def set_load(self, rps):
         for load in self.loads:
             load.__exit__(None, None, None)
-        threads = max(1, rps // 50)  # one Python loop keeps up with about 50 requests/s
+        threads = max(1, -(-rps // 50))  # one Python loop keeps up with about 50 requests/s
         self.loads = [LoadLoop(self.url, rate=rps / threads) for _thread in range(threads)] if rps else []
         for load in self.loads:
             load.__enter__()
@@ -195,6 +197,7 @@ class Demo:
 
     def run(self):
         self.all_loads = []
+        started = self.elapsed()
         cycler = threading.Thread(target=self.cycles, daemon=True)
         cycler.start()
         say(f"phase 1: light load, 20 req/s for {self.args.warmup}s")
@@ -211,6 +214,16 @@ class Demo:
         failed = sum(len(load.failures) for load in self.all_loads)
         ok = sum(load.ok for load in self.all_loads)
         say(f"{ok} requests served, {failed} failed; peak {max(s[3] for s in self.samples)} instances")
+        steps, last = [], None
+        for when, _offered, _measured, instances, _p50 in self.samples:
+            if instances != last:
+                steps.append(f"{instances} at {when:.0f}s")
+                last = instances
+        say(f"instances over time: {' -> '.join(steps)}")
+        phases, total = self.elapsed() - started, self.elapsed()
+        say(
+            f"{len(self.decisions)} scaling decisions; the load phases took {phases:.0f}s, the demo so far {total:.0f}s"
+        )
         self.plot()
 
     def watch(self, seconds, until=None):
@@ -257,7 +270,7 @@ class Demo:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rps", type=int, default=200, help="load of phase 2, requests/s")
+    parser.add_argument("--rps", type=int, default=180, help="load of phase 2, requests/s (4 instances at 50 each)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--load", type=int, default=50)
     parser.add_argument("--cooldown", type=int, default=90)

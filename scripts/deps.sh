@@ -39,14 +39,16 @@ else
   say "apt: all ${#apt_packages[@]} packages present"
 fi
 
-# Consul and the consul_sd-enabled Prometheus come from bullseye (not in bookworm).
+# Consul and the consul_sd-enabled Prometheus come from bullseye (not in bookworm), from the
+# mirror this machine's apt sources name (or SKYNET_DEBIAN_MIRROR).
+mirror=$(bash "$here/scripts/debian-mirror.sh")
 bullseye_fetch() { # package version sha256 member dest
   local pkg=$1 ver=$2 sum=$3 member=$4 dest=$5
   if [ -x "$dest" ]; then say "$pkg $ver: present"; return; fi
-  say "$pkg $ver: downloading from Debian bullseye"
+  say "$pkg $ver: downloading from Debian bullseye at $mirror"
   local tmp; tmp=$(mktemp -d)
   mkdir -p "$tmp/lists/partial" "$tmp/archives/partial"
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main" >"$tmp/sources.list"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror bullseye main" >"$tmp/sources.list"
   local opts=(-o Dir::Etc::SourceList="$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
     -o Dir::State::Lists="$tmp/lists" -o Dir::Cache::Archives="$tmp/archives" -o APT::Sandbox::User=root -qq)
   apt-get "${opts[@]}" update

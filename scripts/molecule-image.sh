@@ -7,7 +7,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/tests/harness/containers.conf}"
 image=localhost/skynet-debian12-systemd:latest
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The mirror this machine's apt sources name (or SKYNET_DEBIAN_MIRROR); the image's apt uses it too.
+mirror=$(bash "$here/scripts/debian-mirror.sh")
 packages=python3,systemd,systemd-sysv,dbus,ca-certificates,iproute2,procps,curl,sudo
 
 say() { printf '\033[1m[molecule-image]\033[0m %s\n' "$*"; }

@@ -29,7 +29,10 @@ options:
     description: CPU limit of each instance, in CPUs. Docker only.
     type: float
   tags:
-    description: More Consul tags of every instance (the color is always one).
+    description:
+      - More Consul tags of every instance (the color is always one).
+      - Each tag is 1 to 128 letters, digits, dashes, dots, underscores and equals signs, starting with a
+        letter or a digit (V(v2), V(zone=a)), and not V(blue) or V(green), which only the color may be.
     type: list
     elements: str
     default: []

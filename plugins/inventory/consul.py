@@ -111,6 +111,29 @@ options:
     elements: str
     choices: [service, tag, datacenter, meta]
     default: [service, tag, datacenter, meta]
+  on_denied:
+    description:
+      - What to do when Consul's ACLs keep part of the catalog from the token (or from Consul's
+        anonymous token when O(token) is not set), so that the inventory would miss hosts.
+      - Consul refuses some reads (HTTP 403, for example for a token it does not know) and silently
+        leaves out of others whatever the token may not read. The plugin tells the second case from
+        an empty catalog where the catalog cannot be empty (no node at all, no service at all,
+        a listed service without a single instance) and where Consul says so
+        (C(X-Consul-Results-Filtered-By-ACLs), Consul 1.11 and later); with O(services) set, a
+        service the token may not read looks exactly like one that has no instance.
+      - V(warn) makes the hosts that could be read and prints a warning naming Consul, the token
+        and what was denied. V(fail) makes none and fails to parse the source with that message;
+        Ansible then warns, or stops when its C(inventory_unparsed_failed) setting is on.
+      - The token needs C(node:read) and C(service:read) on what it should list, for example
+        C(node_prefix "" { policy = "read" }) and C(service_prefix "" { policy = "read" }).
+    type: str
+    choices: [warn, fail]
+    default: warn
+    env:
+      - name: SKYNET_CONSUL_INVENTORY_ON_DENIED
+    ini:
+      - section: skynet_consul_inventory
+        key: on_denied
 """
 
 EXAMPLES = r"""
@@ -145,9 +168,11 @@ cache_timeout: 60
 """
 
 import re
+from urllib.parse import urlsplit
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+from ansible.utils.unsafe_proxy import wrap_var
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul import (
     HAS_CONSUL,
     connect,
@@ -165,6 +190,7 @@ except ImportError:
 
 CONNECTION_OPTIONS = ("url", "token", "datacenter", "ca_cert", "client_cert", "client_key", "validate_certs", "timeout")
 GROUP_BY = ("service", "tag", "datacenter", "meta")
+FILTERED_HEADER = "X-Consul-Results-Filtered-By-ACLs"
 
 
 def group_name(prefix, kind, *parts):
@@ -253,6 +279,41 @@ def host_groups(hostvars, prefix="consul_", group_by=GROUP_BY):
     return sorted(set(names))
 
 
+def acl_denials(nodes, services, empty_services=(), refused=(), filtered=()):
+    """What Consul kept from the token, as phrases, from what its catalog reads gave.
+
+    nodes: how many nodes were read (None when refused); services: the names catalog/services
+    gave (None when not read or refused); empty_services: listed services whose health read gave
+    no instance; refused: (read, Consul's reason) of the reads answered 403; filtered: the reads
+    whose answer said results were filtered by ACLs.
+    """
+    denied = [f"{what} (refused: {reason or 'permission denied'})" for what, reason in refused]
+    # Consul always lists its own servers, as nodes and as the service `consul`.
+    if nodes == 0:
+        denied.append("every node of the catalog (none visible)")
+    if services is not None and not services:
+        denied.append("every service of the catalog (none visible)")
+    if empty_services:
+        names = ", ".join(empty_services[:10]) + (
+            f" and {len(empty_services) - 10} more" if len(empty_services) > 10 else ""
+        )
+        denied.append(f"the instances of service(s) {names} (listed, but none visible)")
+    denied += [f"part of {what} (Consul filtered the answer)" for what in filtered]
+    return list(dict.fromkeys(denied))
+
+
+def denial_message(url, token_given, denied):
+    if token_given:
+        who = "the token given (option token or CONSUL_HTTP_TOKEN)"
+    else:
+        who = "its anonymous token, as no token was given (option token or CONSUL_HTTP_TOKEN)"
+    return (
+        f"Consul at {url} denied part of its catalog to {who}, so the inventory misses hosts: "
+        f"{'; '.join(denied)}. The token needs node:read and service:read on what it should list "
+        '(e.g. node_prefix "" and service_prefix "" with policy "read")'
+    )
+
+
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     NAME = "cyberdyne.skynet.consul"
 
@@ -274,9 +335,17 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 update_cache = True
         if catalog is None:
             catalog = self._read_catalog()
+        denied = catalog.get("denied") or []
+        if denied and self.get_option("on_denied") == "fail":
+            raise AnsibleParserError(self._denial_message(catalog))
         if update_cache:
             self._cache[cache_key] = catalog
         self._populate(catalog)
+        if denied:
+            self.display.warning(self._denial_message(catalog))
+
+    def _denial_message(self, catalog):
+        return denial_message(catalog.get("url", "Consul"), bool(self.get_option("token")), catalog["denied"])
 
     def _read_catalog(self):
         if not HAS_CONSUL:
@@ -287,29 +356,55 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         except SkynetError as e:
             raise AnsibleParserError(str(e)) from e
         try:
-            return self._query(client, params["consul_datacenter"])
+            return {**self._query(client, params["consul_datacenter"]), "url": client.skynet_url}
         except CONSUL_ERRORS as e:
             raise AnsibleParserError(describe_failure(client, e)) from e
 
     def _query(self, client, datacenter):
-        raw_nodes = client.catalog.nodes()[1]
-        nodes = {n["Node"]: node_from_catalog(n, datacenter) for n in raw_nodes}
-        names = self.get_option("services")
+        refused, filtered = [], []
+
+        def note_filtered(response, *args, **kwargs):
+            # Consul 1.11+ says when ACLs filtered an answer (1.8 does not); the path names the read.
+            if response.headers.get(FILTERED_HEADER):
+                filtered.append(urlsplit(response.url).path)
+
+        session = getattr(client.http, "session", None)
+        if session is not None:
+            session.hooks["response"].append(note_filtered)
+
+        def read(what, call, *args, **kwargs):
+            try:
+                return call(*args, **kwargs)[1]
+            except consul.ACLPermissionDenied as e:
+                refused.append((what, str(e).strip()))
+                return None
+
+        raw_nodes = read("the catalog's nodes", client.catalog.nodes)
+        nodes = {n["Node"]: node_from_catalog(n, datacenter) for n in raw_nodes or []}
+        names, listed = self.get_option("services"), None
         if not names:
-            by_name = client.catalog.services()[1]
-            names = sorted(by_name)
-        instances = []
+            by_name = read("the catalog's services", client.catalog.services)
+            listed = None if by_name is None else sorted(by_name)
+            names = listed or []
+        instances, empty = [], []
         for name in names:
-            entries = client.health.service(name, passing=self.get_option("only_passing"))[1]
-            for entry in entries:
+            entries = read(
+                f"the instances of service {name}", client.health.service, name, passing=self.get_option("only_passing")
+            )
+            if entries == [] and listed is not None and not self.get_option("only_passing"):
+                empty.append(name)
+            for entry in entries or []:
                 nodes.setdefault(entry["Node"]["Node"], node_from_catalog(entry["Node"], datacenter))
                 instances.append(instance_from_health(entry))
-        return {"nodes": list(nodes.values()), "instances": instances}
+        denied = acl_denials(None if raw_nodes is None else len(raw_nodes), listed, empty, refused, filtered)
+        return {"nodes": list(nodes.values()), "instances": instances, "denied": denied}
 
     def _populate(self, catalog):
         only_nodes_with_instances = bool(self.get_option("services")) or self.get_option("only_passing")
         strict = self.get_option("strict")
-        for host, hostvars in build_hosts(catalog, self.get_option("hosts"), only_nodes_with_instances):
+        for host, raw in build_hosts(catalog, self.get_option("hosts"), only_nodes_with_instances):
+            # Names, tags and meta come from whoever can register in Consul: never templates.
+            hostvars = wrap_var(raw)
             self.inventory.add_host(host)
             for key, value in hostvars.items():
                 self.inventory.set_variable(host, key, value)

@@ -179,6 +179,16 @@ class DockerDriver(ComputeDriver):
         with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
             self.client.containers.get(name).remove(force=True)
 
+    def _gone(self, container_id):
+        """Whether the engine no longer has the container (a removal can fail after it took effect)."""
+        try:
+            self.client.containers.get(container_id)
+        except docker.errors.NotFound:
+            return True
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return False
+        return False
+
     def remove(self, instance, stop_timeout=10):
         try:
             container = self.client.containers.get(instance.id)
@@ -197,5 +207,7 @@ class DockerDriver(ComputeDriver):
             except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
                 # Podman on vfs sometimes reports a busy shm mount for a moment after the stop.
                 if attempt == 2 or "busy" not in str(e):
+                    if self._gone(instance.id):
+                        return
                     raise self._fail(f"remove container {instance.id}", e) from e
                 time.sleep(0.5)

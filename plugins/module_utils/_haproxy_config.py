@@ -15,16 +15,13 @@ import ipaddress
 import re
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import COLORS, problem, service_name
 
-COLORS = ("blue", "green")
 MODES = ("http", "tcp")
 DEFAULT_SLOTS = 10
 LIVE_MAP = "live.map"
 PREVIEW_MAP = "preview.map"
 STATS_FRONTEND = "stats"
-# Service names are DNS labels: HAProxy finds the instances as _NAME._COLOR.service.consul, and
-# with no underscore in a name, NAME_blue or NAME_preview can never be another service's name.
-_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _DURATION = re.compile(r"^[0-9]+(us|ms|s|m|h|d)$")
 TIMEOUTS = {
     "http": {"connect": "5s", "client": "30s", "server": "30s"},
@@ -96,11 +93,8 @@ def _check_names(services):
         name = s.get("name")
         if not isinstance(name, str) or not name:
             errors.append(f"service #{n + 1} has no name")
-        elif not _NAME.match(name):
-            errors.append(
-                f"{name}: the name must be a DNS label (letters, digits and inner dashes, 63 at most) "
-                "since HAProxy finds its instances as _NAME._COLOR.service.consul"
-            )
+        elif problem(service_name, name, f"services[{n}].name"):
+            errors.append(problem(service_name, name, f"services[{n}].name"))
         elif name == STATS_FRONTEND:
             errors.append(f"{name}: the name is taken by the stats frontend")
         elif name in seen:

@@ -14,6 +14,7 @@ import socket
 import tempfile
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import runtime_word
 
 
 def parse_address(address):
@@ -109,8 +110,17 @@ def rewrite_map(text, key, value):
     return "\n".join(lines) + "\n"
 
 
+def _map_words(map_id, key, value=None):
+    """Refuses what would split into other words or commands: HAProxy reads `;` and newlines as command ends."""
+    runtime_word(str(map_id), "HAProxy map")
+    runtime_word(key, f"the key of map {map_id}")
+    if value is not None:
+        runtime_word(value, f"the value of {key} in map {map_id}")
+
+
 def write_map_file(path, key, value):
     """Sets key to value in the map file at path, atomically (a renamed temporary file keeps mode and owner)."""
+    _map_words(path, key, value)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -159,6 +169,8 @@ class HAProxyRuntime:
 
     def command(self, cmd):
         """The raw answer to one command."""
+        if any(c in cmd for c in "\r\n;\x00"):
+            raise SkynetError(f"refusing to send {cmd!r} to {self.where}: one command, without newlines or semicolons")
         family = socket.AF_UNIX if self.kind == "unix" else socket.AF_INET
         if self.kind == "tcp" and ":" in self.target[0]:
             family = socket.AF_INET6
@@ -190,6 +202,7 @@ class HAProxyRuntime:
         return reply
 
     def show_map(self, map_id):
+        runtime_word(str(map_id), "HAProxy map")
         reply = self.command(f"show map {map_id}")
         entries = parse_show_map(reply)
         if not entries and reply.strip():
@@ -205,12 +218,15 @@ class HAProxyRuntime:
         return self.show_map(map_id).get(key)
 
     def set_map(self, map_id, key, value):
+        _map_words(map_id, key, value)
         self.change(f"set map {map_id} {key} {value}")
 
     def add_map(self, map_id, key, value):
+        _map_words(map_id, key, value)
         self.change(f"add map {map_id} {key} {value}")
 
     def del_map(self, map_id, key):
+        _map_words(map_id, key)
         self.change(f"del map {map_id} {key}")
 
     def put_map(self, map_id, key, value):
@@ -230,6 +246,7 @@ class HAProxyRuntime:
 
     def servers(self, backend):
         """[{name, status, address}] of one backend's servers, SkynetError when the backend is unknown."""
+        runtime_word(backend, "HAProxy backend")
         rows = self.show_stat()
         if not any(r.get("pxname") == backend for r in rows):
             raise SkynetError(f"{self.where} has no backend {backend}")

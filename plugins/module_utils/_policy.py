@@ -3,7 +3,7 @@
 """Scaling policies and decisions: pure math, no Ansible and no I/O.
 
 A policy has min/max, one or more checks and damping (tolerance, cooldowns, a scale-down
-stabilization window, a step limit). decide() turns the current count, the checks' metric
+stabilization window, step limits). decide() turns the current count, the checks' metric
 values and the state of earlier decisions into one decision and the next state.
 """
 
@@ -18,6 +18,19 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import Sk
 
 STRATEGIES = ("target", "step", "schedule")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+MAX_INSTANCES = 1_000_000  # the largest max a policy may give
+MAX_NEW_PER_CYCLE = 50  # hard ceiling on instances one decision may add to one service
+DEFAULT_STEP_PERCENT = 100  # scale-out per decision, as Kubernetes HPA's default scale-up policy...
+DEFAULT_MIN_STEP = 4  # ...which always allows 4 more, whatever the percent says
+MAX_COOLDOWN = 86_400
+MAX_WINDOW = 3_600  # the stabilization window's recommendations are kept in Consul KV
+MAX_STEP_PERCENT = 10_000
+
+
+class Unavailable(str):
+    """A metric that could not be read at all (Prometheus unreachable, a query failing at run time);
+    the string says why. Unlike a missing metric it always holds, whatever on_missing says."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,8 @@ class Policy:
     cooldown_down: float = 120
     stabilization_window: float = 120
     max_step: int | None = None
-    max_step_percent: float | None = None
+    max_step_percent: float | None = None  # None: DEFAULT_STEP_PERCENT for scale-out, no bound on scale-in
+    min_step: int = DEFAULT_MIN_STEP
 
 
 @dataclass
@@ -79,6 +93,8 @@ class Decision:
     action: str  # scale_out | scale_in | hold
     reason: str
     metrics: dict
+    missing: tuple = ()  # checks whose metric was missing, not finite or unavailable
+    outage: str | None = None
 
     def as_dict(self):
         return {
@@ -89,17 +105,35 @@ class Decision:
             "action": self.action,
             "reason": self.reason,
             "metrics": self.metrics,
+            "missing": list(self.missing),
+            "outage": self.outage,
         }
 
 
-def _number(where, value, minimum=None, integer=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+def _number(where, value, minimum=None, maximum=None, integer=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SkynetError(f"{where} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise SkynetError(f"{where} must be a finite number, got {value!r}")
     if integer and int(value) != value:
         raise SkynetError(f"{where} must be a whole number, got {value!r}")
     if minimum is not None and value < minimum:
         raise SkynetError(f"{where} must be {minimum} or more, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise SkynetError(f"{where} must be {maximum} or less, got {value!r}")
     return int(value) if integer else float(value)
+
+
+def _metric(where, value):
+    """A metric given as a number: NaN and infinities are kept, they are read as missing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SkynetError(f"{where} must be a number, got {value!r}")
+    return float(value)
+
+
+def finite(value):
+    """Whether value is a usable metric: a finite number (None, NaN, ±Inf and Unavailable are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _minutes(where, hhmm):
@@ -126,12 +160,14 @@ def parse_check(service, index, raw):
         raise SkynetError(f"{where}: on_missing must be hold or ignore, got {on_missing!r}")
     check = dict(name=raw.get("name") or f"check{index + 1}", strategy=strategy, query=query, on_missing=on_missing)
     if value is not None:
-        check["value"] = _number(f"{where}: value", value)
+        check["value"] = _metric(f"{where}: value", value)
     if strategy == "target":
         check["target"] = _number(f"{where}: target", raw.get("target"))
         if check["target"] <= 0:
             raise SkynetError(f"{where}: target must be above 0, got {raw.get('target')!r}")
         check["tolerance"] = _number(f"{where}: tolerance", raw.get("tolerance", 0.1), minimum=0)
+        if check["tolerance"] >= 1:
+            raise SkynetError(f"{where}: tolerance must be below 1 (100%), got {raw.get('tolerance')!r}")
         check["aggregate"] = raw.get("aggregate", "average")
         if check["aggregate"] not in ("average", "total"):
             raise SkynetError(f"{where}: aggregate must be average or total, got {check['aggregate']!r}")
@@ -140,14 +176,23 @@ def parse_check(service, index, raw):
         for n, step in enumerate(raw.get("steps") or []):
             lower = step.get("lower")
             upper = step.get("upper")
-            lower = -math.inf if lower is None else _number(f"{where}: steps[{n}].lower", lower)
-            upper = math.inf if upper is None else _number(f"{where}: steps[{n}].upper", upper)
+            try:
+                lower = -math.inf if lower is None else _number(f"{where}: steps[{n}].lower", lower)
+                upper = math.inf if upper is None else _number(f"{where}: steps[{n}].upper", upper)
+            except SkynetError as e:
+                raise SkynetError(f"{e} (leave lower or upper out for no bound)") from None
             if lower >= upper:
                 raise SkynetError(f"{where}: steps[{n}] has lower {lower} not below upper {upper}")
             unit = step.get("unit", "count")
             if unit not in ("count", "percent"):
                 raise SkynetError(f"{where}: steps[{n}].unit must be count or percent, got {unit!r}")
-            steps.append((lower, upper, _number(f"{where}: steps[{n}].adjust", step.get("adjust")), unit))
+            adjust = _number(
+                f"{where}: steps[{n}].adjust",
+                step.get("adjust"),
+                minimum=-100 if unit == "percent" else -MAX_INSTANCES,
+                maximum=MAX_STEP_PERCENT if unit == "percent" else MAX_INSTANCES,
+            )
+            steps.append((lower, upper, adjust, unit))
         if not steps:
             raise SkynetError(f"{where}: a step check needs steps")
         steps.sort()
@@ -164,7 +209,7 @@ def parse_check(service, index, raw):
                 raise SkynetError(f"{where}: windows[{n}].days has unknown day(s) {', '.join(bad)}")
             start = _minutes(f"{where}: windows[{n}].start", w.get("start", "00:00"))
             end = _minutes(f"{where}: windows[{n}].end", w.get("end", "24:00"))
-            floor = _number(f"{where}: windows[{n}].min", w.get("min"), minimum=0, integer=True)
+            floor = _number(f"{where}: windows[{n}].min", w.get("min"), minimum=0, maximum=MAX_INSTANCES, integer=True)
             windows.append((days, start, end, floor))
         if not windows:
             raise SkynetError(f"{where}: a schedule check needs windows")
@@ -176,8 +221,9 @@ def parse_policy(service, raw):
     """A Policy from a service definition's `scaling` dict; SkynetError naming what is wrong."""
     if not isinstance(raw, dict):
         raise SkynetError(f"service {service}: scaling must be a dict")
-    lo = _number(f"service {service}: min", raw.get("min", 1), minimum=0, integer=True)
-    hi = _number(f"service {service}: max", raw.get("max"), minimum=0, integer=True)
+    where = f"service {service}"
+    lo = _number(f"{where}: min", raw.get("min", 1), minimum=0, maximum=MAX_INSTANCES, integer=True)
+    hi = _number(f"{where}: max", raw.get("max"), minimum=0, maximum=MAX_INSTANCES, integer=True)
     if lo > hi:
         raise SkynetError(f"service {service}: min ({lo}) is above max ({hi})")
     raw_checks = raw.get("checks") or []
@@ -194,18 +240,73 @@ def parse_policy(service, raw):
         min=lo,
         max=hi,
         checks=checks,
-        cooldown_up=_number(f"service {service}: cooldown_up", raw.get("cooldown_up", 60), minimum=0),
-        cooldown_down=_number(f"service {service}: cooldown_down", raw.get("cooldown_down", 120), minimum=0),
-        stabilization_window=_number(
-            f"service {service}: stabilization_window", raw.get("stabilization_window", 120), minimum=0
+        cooldown_up=_number(f"{where}: cooldown_up", raw.get("cooldown_up", 60), minimum=0, maximum=MAX_COOLDOWN),
+        cooldown_down=_number(
+            f"{where}: cooldown_down", raw.get("cooldown_down", 120), minimum=0, maximum=MAX_COOLDOWN
         ),
-        max_step=None if step is None else _number(f"service {service}: max_step", step, minimum=1, integer=True),
-        max_step_percent=None if pct is None else _number(f"service {service}: max_step_percent", pct, minimum=1),
+        stabilization_window=_number(
+            f"{where}: stabilization_window", raw.get("stabilization_window", 120), minimum=0, maximum=MAX_WINDOW
+        ),
+        max_step=None
+        if step is None
+        else _number(f"{where}: max_step", step, minimum=1, maximum=MAX_INSTANCES, integer=True),
+        max_step_percent=None
+        if pct is None
+        else _number(f"{where}: max_step_percent", pct, minimum=1, maximum=MAX_STEP_PERCENT),
+        min_step=_number(
+            f"{where}: min_step",
+            raw.get("min_step", DEFAULT_MIN_STEP),
+            minimum=1,
+            maximum=MAX_NEW_PER_CYCLE,
+            integer=True,
+        ),
     )
 
 
+def _count(x):
+    """ceil(x) between 0 and MAX_INSTANCES + 1 (any max's "more"): no overflow, whatever the metric."""
+    if x > MAX_INSTANCES:
+        return MAX_INSTANCES + 1
+    return math.ceil(x) if x > 0 else 0
+
+
+def _said(count):
+    return f"over {MAX_INSTANCES}" if count > MAX_INSTANCES else str(count)
+
+
+def _shown(value):
+    """A non-finite value as Prometheus writes it."""
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    return {math.inf: "+Inf", -math.inf: "-Inf"}.get(value, repr(value))
+
+
+def _instances(n):
+    return f"{n} instance{'' if n == 1 else 's'}"
+
+
+def _target(check, current, value):
+    target = check.target
+    if not current:
+        desired = _count(value / target)
+        wanted = f"ceil({value:g} / {target:g}) = {_said(desired)}"
+        return desired, f"{value:g} for 0 instances read as a total, target {target:g}: {wanted}"
+    if check.aggregate == "total":
+        per = value / current
+        said = f"total {value:g} for {_instances(current)} = {per:g} per instance"
+        desired, wanted = _count(value / target), f"ceil({value:g} / {target:g})"
+    else:
+        per = value
+        said = f"{value:g} per instance for {_instances(current)}"
+        # Divided first: current x value may overflow where value / target does not.
+        desired, wanted = _count(current * (value / target)), f"ceil({current} x {value:g} / {target:g})"
+    if abs(per / target - 1) <= check.tolerance:
+        return current, f"{said}, within {check.tolerance * 100:g}% of target {target:g}"
+    return desired, f"{said}, target {target:g}: {wanted} = {_said(desired)}"
+
+
 def recommend(check, current, value, now_local):
-    """(desired or None for no opinion, explanation). value None means the metric is missing."""
+    """(desired or None for no opinion, explanation). value None, not finite or Unavailable: missing."""
     if check.strategy == "schedule":
         minutes = now_local.hour * 60 + now_local.minute
         day = DAYS[now_local.weekday()]
@@ -214,20 +315,15 @@ def recommend(check, current, value, now_local):
             return None, "outside every window"
         floor = max(floors)
         return max(current, floor), f"scheduled minimum {floor}"
-    if value is None or math.isnan(value):
+    if isinstance(value, Unavailable):
+        return current, f"metric unavailable ({value}): holding capacity"
+    if not finite(value):
+        what = "metric missing" if value is None else f"metric missing (value {_shown(value)} is not finite)"
         if check.on_missing == "hold":
-            return current, "metric missing: holding capacity"
-        return None, "metric missing: ignored"
+            return current, f"{what}: holding capacity"
+        return None, f"{what}: ignored"
     if check.strategy == "target":
-        if check.aggregate == "total" or current == 0:
-            desired = math.ceil(value / check.target)
-            ratio = value / (check.target * current) if current else math.inf
-        else:
-            desired = math.ceil(current * value / check.target)
-            ratio = value / check.target
-        if current and abs(ratio - 1) <= check.tolerance:
-            return current, f"{value:g} within {check.tolerance:.0%} of target {check.target:g}"
-        return desired, f"{value:g} against target {check.target:g} per instance"
+        return _target(check, current, value)
     for lower, upper, adjust, unit in check.steps:
         if lower <= value < upper:
             delta = adjust if unit == "count" else math.ceil(abs(current * adjust / 100)) * (1 if adjust >= 0 else -1)
@@ -236,8 +332,19 @@ def recommend(check, current, value, now_local):
     return current, f"{value:g} in no step"
 
 
+def assess(policy, values):
+    """(metrics fit for JSON, names of the checks whose metric is missing, what made metrics unavailable
+    or None) of the values measured for policy."""
+    measured = [c for c in policy.checks if c.strategy != "schedule"]
+    metrics = {c.name: values.get(c.name) if finite(values.get(c.name)) else None for c in measured}
+    missing = tuple(c.name for c in measured if not finite(values.get(c.name)))
+    outages = sorted({str(values[c.name]) for c in measured if isinstance(values.get(c.name), Unavailable)})
+    return metrics, missing, "; ".join(outages) or None
+
+
 def decide(policy, current, values, state, now, now_local=None):
-    """One decision for policy; values maps check names to metric values (None: missing)."""
+    """One decision for policy; values maps check names to metric values (None: missing;
+    Unavailable: could not be read, which always holds)."""
     now_local = now_local or datetime.fromtimestamp(now)
     recs, reasons = [], []
     for check in policy.checks:
@@ -245,7 +352,7 @@ def decide(policy, current, values, state, now, now_local=None):
         reasons.append(f"{check.name}: {why}")
         if rec is not None:
             recs.append(rec)
-    metrics = {c.name: values.get(c.name) for c in policy.checks if c.strategy != "schedule"}
+    metrics, missing, outage = assess(policy, values)
     new_state = State(state.last_scale_up, state.last_scale_down, list(state.recommendations))
 
     if not recs:
@@ -273,14 +380,17 @@ def decide(policy, current, values, state, now, now_local=None):
             reasons.append(f"stabilization: {stabilized} is the highest of the last {policy.stabilization_window:g}s")
         desired = min(stabilized, current)
 
-    limit = _step_limit(policy, current)
+    limit, how = step_limit(policy, current, up=desired > current)
     if limit is not None and abs(desired - current) > limit:
+        reasons.append(f"{desired} wanted, step limited to {limit} ({how})")
         desired = current + limit if desired > current else current - limit
-        reasons.append(f"step limited to {limit}")
     if current < policy.min:
         desired = max(desired, policy.min)
     if current > policy.max:
         desired = min(desired, policy.max)
+    if desired - current > MAX_NEW_PER_CYCLE:
+        reasons.append(f"{desired} wanted, at most {MAX_NEW_PER_CYCLE} new instances per cycle")
+        desired = current + MAX_NEW_PER_CYCLE
 
     action = "scale_out" if desired > current else "scale_in" if desired < current else "hold"
     if action == "scale_out" and now - state.last_scale_up < policy.cooldown_up and current >= policy.min:
@@ -295,13 +405,23 @@ def decide(policy, current, values, state, now, now_local=None):
     elif action == "scale_in":
         new_state.last_scale_down = now
     reason = "; ".join(reasons) + bound
-    return Decision(policy.service, now, current, desired, action, reason, metrics), new_state
+    decision = Decision(policy.service, now, current, desired, action, reason, metrics, missing, outage)
+    return decision, new_state
 
 
-def _step_limit(policy, current):
+def step_limit(policy, current, up):
+    """(most instances one decision may add (up) or remove, or None; how it was reached)."""
+    if up:
+        pct = DEFAULT_STEP_PERCENT if policy.max_step_percent is None else policy.max_step_percent
+        limit = max(policy.min_step, math.ceil(current * pct / 100))
+        how = f"the larger of {pct:g}% of {current} and min_step {policy.min_step}"
+        if policy.max_step is not None and policy.max_step < limit:
+            limit, how = policy.max_step, "max_step"
+        return limit, how
     limits = []
     if policy.max_step is not None:
-        limits.append(policy.max_step)
+        limits.append((policy.max_step, "max_step"))
     if policy.max_step_percent is not None:
-        limits.append(max(1, math.ceil(current * policy.max_step_percent / 100)))
-    return min(limits) if limits else None
+        pct = policy.max_step_percent
+        limits.append((max(1, math.ceil(current * pct / 100)), f"{pct:g}% of {current}"))
+    return min(limits) if limits else (None, "")

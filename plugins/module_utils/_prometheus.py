@@ -28,6 +28,14 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
 _NOW_MINUS = re.compile(r"now(?:\s*-\s*(.+))?")
 
 
+class QueryRejected(SkynetError):
+    """Prometheus rejected the query itself (bad_data, such as a syntax error): it fails every time."""
+
+
+class Unreachable(SkynetError):
+    """No answer from Prometheus (refused, TLS, timed out): the next queries would most likely wait as long."""
+
+
 def prometheus_argument_spec():
     """The argument spec paired with the cyberdyne.skynet.prometheus doc fragment."""
     from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul import env_fallback
@@ -188,7 +196,7 @@ def read_answer(status, text, where, promql):
         return body.get("data") or {}
     kind, error = body.get("errorType"), body.get("error")
     if kind == "bad_data":
-        raise SkynetError(f"{where} rejected the query {promql!r}: {error}")
+        raise QueryRejected(f"{where} rejected the query {promql!r}: {error}")
     if kind == "timeout":
         raise SkynetError(f"{where} gave up evaluating the query {promql!r}: {error}")
     if kind == "execution":
@@ -271,12 +279,12 @@ class PrometheusClient:
                 f"{self.url}/api/v1/{endpoint}", params=params, timeout=self.timeout, verify=self.verify, cert=self.cert
             )
         except requests.exceptions.Timeout as e:
-            raise SkynetError(f"{self.where} did not answer within {self.timeout:g} s (option timeout)") from e
+            raise Unreachable(f"{self.where} did not answer within {self.timeout:g} s (option timeout)") from e
         except requests.exceptions.SSLError as e:
             reason = root_cause(e)
-            raise SkynetError(f"{self.where} failed the TLS handshake: {reason}{tls_hint(reason)}") from e
+            raise Unreachable(f"{self.where} failed the TLS handshake: {reason}{tls_hint(reason)}") from e
         except requests.exceptions.ConnectionError as e:
-            raise SkynetError(f"{self.where} is unreachable: {root_cause(e)}") from e
+            raise Unreachable(f"{self.where} is unreachable: {root_cause(e)}") from e
         except requests.exceptions.RequestException as e:
             raise SkynetError(f"the request to {self.where} failed: {e}") from e
         except OSError as e:  # requests checks the TLS files only when it sends

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _names
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import COLOR_LABEL, SERVICE_LABEL, Instance
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import register_call, registration
@@ -163,7 +163,18 @@ def container_labels(health, tags=()):
     return labels
 
 
-def registrations(container, address, host_id):
+def refusal(container, port, name, tags, color):
+    """Why a port of a container is not registered (a name, tag or color breaking the rules), None when valid."""
+    where = f"container {container.name or container.short_id} ({container.short_id}) port {port.port}"
+    problems = [
+        _names.problem(_names.service_name, name, f"{where}: service name"),
+        _names.problem(_names.tags, tags, f"{where}: SERVICE_TAGS"),
+        _names.problem(_names.color, color, f"{where}: label {COLOR_LABEL}") if color else None,
+    ]
+    return "; ".join(p for p in problems if p) or None
+
+
+def registrations(container, address, host_id, rejected=None):
     """The registrations a container should have: one per published port that names a service.
 
     One published port: ID ``skynet-<service>-<id12>``, exactly skynet_compute's. Several: the
@@ -189,10 +200,16 @@ def registrations(container, address, host_id):
         tags = split_tags(settings.get("tags"))
         if port.protocol != "tcp":
             tags.append(port.protocol)
+        color = container.labels.get(COLOR_LABEL, "")
+        problem = refusal(container, port, name, tags, color)
+        if problem:
+            if rejected is not None:
+                rejected.append((container.short_id, problem))
+            continue
         instance = Instance(
             id=container.short_id,
             service=name,
-            color=container.labels.get(COLOR_LABEL, ""),
+            color=color,
             image=container.labels.get(IMAGE_LABEL) or container.image,
             address=address,
             port=port.host_port,
@@ -211,12 +228,12 @@ def registrations(container, address, host_id):
     return result
 
 
-def desired_registrations(containers, address, host_id, exclude=()):
+def desired_registrations(containers, address, host_id, exclude=(), rejected=None):
     """{service ID: registration} of every container, except those whose short id is in exclude."""
     desired = {}
     for container in containers:
         if container.short_id not in exclude:
-            for body in registrations(container, address, host_id):
+            for body in registrations(container, address, host_id, rejected):
                 desired[body["ID"]] = body
     return desired
 
@@ -336,6 +353,17 @@ class Metrics:
         "skynet_registrator_errors_total": ("counter", "Failed calls to Docker or Consul, by component."),
         "skynet_registrator_last_resync_timestamp_seconds": ("gauge", "Unix time of the last successful resync."),
         "skynet_registrator_docker_connected": ("gauge", "1 while the Docker API event stream is connected."),
+        "skynet_registrator_rejected_total": (
+            "counter",
+            "Container ports not registered because their service name, tags or color break the naming rules.",
+        ),
+        "skynet_registrator_rejected": ("gauge", "Container ports not registered now for the same reason."),
+        "skynet_registrator_stats_poll_seconds": ("gauge", "Duration of the last poll of the containers' stats."),
+        "skynet_registrator_stats_errors_total": ("counter", "Polls of the containers' stats that failed."),
+        "skynet_container_cpu_seconds_total": ("counter", "CPU time used by the container (Docker API stats)."),
+        "skynet_container_memory_bytes": ("gauge", "Memory used by the container, inactive page cache excluded."),
+        "skynet_container_network_receive_bytes_total": ("counter", "Bytes received by the container."),
+        "skynet_container_network_transmit_bytes_total": ("counter", "Bytes sent by the container."),
     }
 
     def __init__(self):
@@ -347,7 +375,12 @@ class Metrics:
             self.set("skynet_registrator_changes_total", 0, action=action)
         for component in ("docker", "consul"):
             self.set("skynet_registrator_errors_total", 0, component=component)
-        for name in ("skynet_registrator_registrations", "skynet_registrator_resyncs_total"):
+        for name in (
+            "skynet_registrator_registrations",
+            "skynet_registrator_resyncs_total",
+            "skynet_registrator_rejected_total",
+            "skynet_registrator_rejected",
+        ):
             self.set(name, 0)
         self.set("skynet_registrator_last_resync_timestamp_seconds", 0)
         self.set("skynet_registrator_docker_connected", 0)
@@ -364,6 +397,14 @@ class Metrics:
     def get(self, name, **labels):
         with self._lock:
             return self._values.get((name, tuple(sorted(labels.items()))), 0)
+
+    def replace(self, name, series):
+        """Sets every series of name at once ({sorted label items: value}): the others go."""
+        with self._lock:
+            for key in [k for k in self._values if k[0] == name]:
+                del self._values[key]
+            for labels, value in series.items():
+                self._values[(name, tuple(labels))] = value
 
     def render(self):
         with self._lock:
@@ -382,6 +423,67 @@ class Metrics:
 
 def _escape(value):
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+CPU_SECONDS = "skynet_container_cpu_seconds_total"
+MEMORY_BYTES = "skynet_container_memory_bytes"
+RECEIVE_BYTES = "skynet_container_network_receive_bytes_total"
+TRANSMIT_BYTES = "skynet_container_network_transmit_bytes_total"
+STATS_FAMILIES = (CPU_SECONDS, MEMORY_BYTES, RECEIVE_BYTES, TRANSMIT_BYTES)
+
+
+def _number(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+
+
+def stats_values(stats):
+    """{family: value} from GET /containers/{id}/stats (Docker Engine and Podman, cgroup v1 and v2).
+
+    Memory is counted as `docker stats` does: usage less the inactive page cache. A family the
+    engine does not report is left out rather than given as 0.
+    """
+    values = {}
+    cpu = _number(((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage"))
+    if cpu is not None:
+        values[CPU_SECONDS] = cpu / 1e9
+    memory = stats.get("memory_stats") or {}
+    usage = _number(memory.get("usage"))
+    if usage is not None:
+        detail = memory.get("stats") or {}
+        inactive = _number(detail.get("total_inactive_file", detail.get("inactive_file"))) or 0
+        values[MEMORY_BYTES] = usage - inactive if inactive < usage else usage
+    networks = [n for n in (stats.get("networks") or {}).values() if isinstance(n, dict)]
+    for family, key in ((RECEIVE_BYTES, "rx_bytes"), (TRANSMIT_BYTES, "tx_bytes")):
+        counts = [_number(n.get(key)) for n in networks]
+        if counts and None not in counts:
+            values[family] = sum(counts)
+    return values
+
+
+def container_service(container):
+    """The service a container's own metrics are labelled with: Skynet's label, else SERVICE_NAME; "" for none."""
+    settings, _port_keys = service_metadata(container.env, container.labels, 0)
+    if (settings.get("ignore") or "").strip().lower() not in FALSE_WORDS:
+        return ""
+    return container.labels.get(SERVICE_LABEL) or settings.get("name") or ""
+
+
+def stats_series(samples):
+    """{family: {label items: value}} of (Container, stats_values()) pairs, labelled with the
+    container's service, color and short id; containers without a service are left out."""
+    series = {family: {} for family in STATS_FAMILIES}
+    for container, values in samples:
+        service = container_service(container)
+        if not service:
+            continue
+        labels = (
+            ("color", container.labels.get(COLOR_LABEL, "")),
+            ("container", container.short_id),
+            ("service", service),
+        )
+        for family, value in values.items():
+            series[family][labels] = value
+    return series
 
 
 def parse_address(value):
@@ -432,6 +534,7 @@ class Registrator:
         self.stopping = threading.Event()
         self._client = None
         self._dying = {}
+        self._rejected = set()  # (short id, message) already logged and counted
 
     # Docker and Consul, each failure turned into one RegistratorError naming the component.
 
@@ -505,6 +608,17 @@ class Registrator:
                 body["Meta"]["skynet_instance"],
             )
 
+    def _refused(self, rejected, running=None):
+        """Logs and counts each refused port once, not at every resync; running (short ids) forgets the gone."""
+        if running is not None:
+            self._rejected = {r for r in self._rejected if r[0] in running}
+        for item in rejected:
+            if item not in self._rejected:
+                self._rejected.add(item)
+                self.metrics.inc("skynet_registrator_rejected_total")
+                self.log.warning("not registering %s", item[1])
+        self.metrics.set("skynet_registrator_rejected", len(self._rejected))
+
     def _count(self, current, changes):
         after = {sid for sid, entry in current.items() if (entry.get("Meta") or {}).get(MARK) == self.host_id}
         after -= set(changes.deregister)
@@ -520,7 +634,9 @@ class Registrator:
         """Makes the agent's registrations match every running container."""
         containers = self.running_containers()
         current = self.current()
-        desired = desired_registrations(containers, self.address, self.host_id, self._excluded())
+        rejected = []
+        desired = desired_registrations(containers, self.address, self.host_id, self._excluded(), rejected)
+        self._refused(rejected, running={c.short_id for c in containers})
         changes = diff(desired, current, self.host_id, self.address)
         self.apply(changes, current, {})
         self._count(current, changes)
@@ -542,7 +658,9 @@ class Registrator:
             self._dying.pop(short, None)
             container = self.inspect(cid)
             if container is not None:
-                desired = desired_registrations([container], self.address, self.host_id)
+                rejected = []
+                desired = desired_registrations([container], self.address, self.host_id, rejected=rejected)
+                self._refused(rejected)
         else:
             # A container that was sent a stop signal leaves at once and stays out of resyncs
             # while it shuts down.
@@ -611,6 +729,77 @@ class Registrator:
                 next_resync = self.clock() + delay
 
 
+class StatsPoller:
+    """Exports the Docker API's stats of every running container that names a service.
+
+    It runs in a thread of its own with a Docker client of its own, so a slow engine never
+    delays registrations. One round is bounded by `timeout` seconds: containers not reached in
+    time keep the values of their last round.
+    """
+
+    def __init__(self, docker_host, metrics, interval=10.0, timeout=5.0, log=None, clock=time.monotonic):
+        self.docker_host, self.metrics = docker_host, metrics
+        self.interval, self.timeout, self.clock = interval, timeout, clock
+        self.log = log or logging.getLogger("skynet-registrator")
+        self._client = None
+        self._containers = {}  # id -> Container, inspected once
+        self._values = {}  # id -> stats_values() of its last round
+
+    def _api(self):
+        if self._client is None:
+            self._client = docker.DockerClient(base_url=self.docker_host, version="auto", timeout=self.timeout)
+        return self._client.api
+
+    def _stats(self, api, cid):
+        try:
+            return api.stats(cid, stream=False, one_shot=True)
+        except docker.errors.InvalidVersion:
+            return api.stats(cid, stream=False)  # API < 1.41 (Docker 20.10 and older)
+
+    def poll(self):
+        """One round; the number of containers whose stats were read."""
+        started = self.clock()
+        deadline = started + self.timeout
+        api = self._api()
+        running = [c["Id"] for c in api.containers(filters={"status": "running"})]
+        read = 0
+        for cid in running:
+            if self.clock() >= deadline:
+                self.log.warning("stats of %d container(s) not read within %gs", len(running) - read, self.timeout)
+                break
+            try:
+                if cid not in self._containers:
+                    self._containers[cid] = container_from_inspect(api.inspect_container(cid))
+                if container_service(self._containers[cid]):
+                    self._values[cid] = stats_values(self._stats(api, cid))
+                read += 1
+            except docker.errors.NotFound:
+                continue
+        for gone in set(self._containers) - set(running):
+            self._containers.pop(gone, None)
+            self._values.pop(gone, None)
+        samples = [(self._containers[cid], values) for cid, values in self._values.items()]
+        for family, series in stats_series(samples).items():
+            self.metrics.replace(family, series)
+        self.metrics.set("skynet_registrator_stats_poll_seconds", round(self.clock() - started, 3))
+        return read
+
+    def run(self, stopping):
+        while not stopping.is_set():
+            try:
+                self.poll()
+            except Exception as e:  # noqa: BLE001 - the next round tries again with a new client
+                self.metrics.inc("skynet_registrator_stats_errors_total")
+                self.log.warning("Docker API at %s: cannot read container stats: %s", self.docker_host, e)
+                if self._client is not None:
+                    self._client.close()
+                    self._client = None
+            stopping.wait(self.interval)
+
+    def start(self, stopping):
+        threading.Thread(target=self.run, args=(stopping,), name="container-stats", daemon=True).start()
+
+
 class _MetricsHandler(BaseHTTPRequestHandler):
     metrics = None
 
@@ -656,12 +845,18 @@ def parse_args(argv=None):
     parser.add_argument("--host-id", default=socket.gethostname(), help="marks this registrator's registrations")
     parser.add_argument("--resync-interval", type=float, default=30.0, help="seconds between full resyncs")
     parser.add_argument("--metrics-address", default="127.0.0.1:9797", help="HOST:PORT of /metrics; empty: off")
+    parser.add_argument(
+        "--stats-interval", type=float, default=10.0, help="seconds between polls of container stats; 0: off"
+    )
+    parser.add_argument("--stats-timeout", type=float, default=5.0, help="seconds one poll of container stats may take")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     if args.resync_interval <= 0:
         parser.error("--resync-interval must be more than 0")
     if not args.advertise_address:
         parser.error("--advertise-address must not be empty")
+    if args.stats_interval < 0 or args.stats_timeout <= 0:
+        parser.error("--stats-interval must be 0 (off) or more, --stats-timeout more than 0")
     if args.metrics_address:
         try:
             parse_address(args.metrics_address)
@@ -720,6 +915,8 @@ def main(argv=None):
         args.resync_interval,
         args.metrics_address or "(off)",
     )
+    if args.stats_interval and args.metrics_address:
+        StatsPoller(args.docker_host, metrics, args.stats_interval, args.stats_timeout, log).start(registrator.stopping)
     try:
         registrator.run()
     finally:

@@ -10,6 +10,7 @@ import time
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul import describe_failure
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import kv_key
 
 
 def service_id(instance):
@@ -72,7 +73,7 @@ class Registry:
 
     def read_json(self, key, default=None):
         """The JSON value of a KV key; default when the key is absent, empty or not JSON."""
-        entry = self.call(f"read {key}", self.client.kv.get, key)[1]
+        entry = self.call(f"read {key}", self.client.kv.get, kv_key(key, "Consul KV key"))[1]
         if not entry or entry.get("Value") is None:
             return default
         try:
@@ -80,8 +81,19 @@ class Registry:
         except ValueError:
             return default
 
+    def read_versioned(self, key, default=None):
+        """(JSON value or default, ModifyIndex or 0 when absent) of a KV key, for a check-and-set write."""
+        entry = self.call(f"read {key}", self.client.kv.get, kv_key(key, "Consul KV key"))[1]
+        if not entry:
+            return default, 0
+        try:
+            value = json.loads(entry["Value"]) if entry.get("Value") is not None else default
+        except ValueError:
+            value = default
+        return value, entry["ModifyIndex"]
+
     def write_json(self, key, value, **kwargs):
-        return self.call(f"write {key}", self.client.kv.put, key, json.dumps(value), **kwargs)
+        return self.call(f"write {key}", self.client.kv.put, kv_key(key, "Consul KV key"), json.dumps(value), **kwargs)
 
     def register(self, instance, health, tags=()):
         body = registration(instance, health, tags)
@@ -98,13 +110,19 @@ class Registry:
 
     def statuses(self, service):
         """{instance id: aggregated status} from the health endpoint (passing, warning, critical)."""
+        return {i: status for i, (status, _drained) in self.health(service).items()}
+
+    def health(self, service):
+        """{instance id: (aggregated status, whether the instance was put in maintenance)}."""
         entries = self.call(f"read the health of {service}", self.client.health.service, service)[1]
         result = {}
         for entry in entries:
             meta = entry["Service"].get("Meta") or {}
-            checks = [c["Status"] for c in entry["Checks"]]
-            status = "critical" if "critical" in checks else "warning" if "warning" in checks else "passing"
-            result[meta.get("skynet_instance") or entry["Service"]["ID"]] = status
+            checks = entry["Checks"]
+            statuses = [c["Status"] for c in checks]
+            status = "critical" if "critical" in statuses else "warning" if "warning" in statuses else "passing"
+            drained = any(c["CheckID"].startswith("_service_maintenance:") for c in checks)
+            result[meta.get("skynet_instance") or entry["Service"]["ID"]] = (status, drained)
         return result
 
     def wait_passing(self, service, ids, timeout, interval=0.5):

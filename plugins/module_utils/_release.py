@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass, field
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import COLORS
 
-COLORS = ("blue", "green")
 PHASES = ("deploy", "verify", "switch", "watch", "retire")
 UNDOING = ("rollback", "abort")
 TERMINAL = ("done", "rolled_back", "aborted", "failed")

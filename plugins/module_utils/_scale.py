@@ -9,14 +9,26 @@ keeps no local state.
 
 from __future__ import annotations
 
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _names
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import Spec
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._policy import State, decide, parse_policy
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus import convert_result, is_empty
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._lock import LOCK_PREFIX, ServiceLock
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._policy import (
+    State,
+    Unavailable,
+    assess,
+    decide,
+    parse_policy,
+)
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus import (
+    QueryRejected,
+    Unreachable,
+    convert_result,
+    is_empty,
+)
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._service import Desired, ServiceConverger
 
 HISTORY = 50
@@ -39,12 +51,20 @@ def spec_of(definition, color, image=None):
 def validate(definitions, limit=None):
     """{name: (definition, Policy)} for every definition with a scaling policy; all errors at once."""
     errors, policies = [], {}
-    names = [d.get("name") for d in definitions if isinstance(d, dict)]
+    names = [d.get("name") for d in definitions if isinstance(d, dict) and isinstance(d.get("name"), str)]
+    for n, item in enumerate(limit or ()):
+        errors.append(_names.problem(_names.service_name, item, f"limit[{n}]"))
     for n, definition in enumerate(definitions):
         if not isinstance(definition, dict) or not definition.get("name"):
             errors.append(f"services[{n}] has no name")
             continue
         name = definition["name"]
+        wrong = _names.problem(_names.service_name, name, f"services[{n}].name")
+        if definition.get("color") is not None:
+            wrong = wrong or _names.problem(_names.color, definition["color"], f"services[{n}].color")
+        if wrong:
+            errors.append(wrong)
+            continue
         if names.count(name) > 1:
             errors.append(f"service {name} is defined more than once")
             continue
@@ -58,7 +78,9 @@ def validate(definitions, limit=None):
             policies[name] = (definition, parse_policy(name, definition["scaling"]))
         except SkynetError as e:
             errors.append(str(e))
-    unknown = sorted(set(limit or ()) - set(names))
+    errors = [e for e in errors if e]
+    valid_limit = {i for i in limit or () if not _names.problem(_names.service_name, i, "limit")}
+    unknown = sorted(valid_limit - set(names))
     if unknown:
         errors.append(f"unknown service(s) in limit: {', '.join(unknown)} (defined: {', '.join(sorted(names))})")
     if errors:
@@ -67,15 +89,28 @@ def validate(definitions, limit=None):
 
 
 class Autoscaler:
-    def __init__(self, consul, registry, driver, prometheus, key_prefix="skynet/scale", clock=time.time):
+    def __init__(
+        self,
+        consul,
+        registry,
+        driver,
+        prometheus,
+        key_prefix="skynet/scale",
+        clock=time.time,
+        lock_prefix=LOCK_PREFIX,
+        health_grace=60,
+        unhealthy_after=60,
+    ):
         self.consul, self.registry, self.driver, self.prometheus = consul, registry, driver, prometheus
         self.prefix, self.clock = key_prefix.rstrip("/"), clock
+        self.lock_prefix, self.health_grace, self.unhealthy_after = lock_prefix, health_grace, unhealthy_after
 
     # -- metrics -----------------------------------------------------------------------------
 
     def measure(self, policies):
-        """{service: {check: value or None}}. Bad PromQL or an unreachable Prometheus raises."""
-        values = {}
+        """{service: {check: value}}: a float (perhaps not finite), None when no series matched, or
+        Unavailable saying why it could not be read. A query that can never give one number raises."""
+        values, down = {}, None
         for name, (_definition, policy) in policies.items():
             values[name] = {}
             for check in policy.checks:
@@ -83,19 +118,37 @@ class Autoscaler:
                     continue
                 if check.query is None:
                     values[name][check.name] = check.value
-                    continue
-                values[name][check.name] = self._query(name, check)
+                elif down:
+                    values[name][check.name] = down  # every other query would wait for it too
+                else:
+                    try:
+                        values[name][check.name] = self._query(name, check)
+                    except Unreachable as e:
+                        values[name][check.name] = down = Unavailable(str(e))
         return values
 
     def _query(self, service, check):
+        where = f"service {service}: check {check.name}"
         try:
             data = self.prometheus.query(check.query)
-            if is_empty(data):
-                return None
-            value = convert_result(data, "scalar")
+        except QueryRejected as e:
+            raise SkynetError(f"{where}: {e}; nothing was changed") from e
+        except Unreachable:
+            raise
         except SkynetError as e:
-            raise SkynetError(f"service {service}: check {check.name}: {e}; nothing was changed") from e
-        return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+            return Unavailable(str(e))
+        kind = data.get("resultType")
+        if kind in ("matrix", "string"):
+            raise SkynetError(
+                f"{where}: the query {check.query!r} returned a {'range of samples' if kind == 'matrix' else kind}, "
+                "where one number is needed; nothing was changed"
+            )
+        if is_empty(data):
+            return None
+        try:
+            return convert_result(data, "scalar")
+        except SkynetError as e:  # such as two series where there was one
+            return Unavailable(f"the query {check.query!r}: {e}")
 
     # -- KV state ----------------------------------------------------------------------------
 
@@ -103,40 +156,17 @@ class Autoscaler:
         return f"{self.prefix}/{service}/{leaf}"
 
     def release_in_progress(self, service):
+        """{phase, since} of a blue/green release of service that has not ended, else None."""
         release = self.registry.read_json(f"skynet/bluegreen/{service}/release")
-        if release and release.get("phase") not in RELEASE_DONE:
-            return release.get("phase") or "unknown"
-        return None
+        if not isinstance(release, dict) or release.get("phase") in RELEASE_DONE:
+            return None
+        phases = [p for p in release.get("phases") or [] if isinstance(p, dict)]
+        since = phases[-1].get("started") if phases else release.get("started")
+        return {"phase": release.get("phase") or "unknown", "since": since}
 
     def live_color(self, definition):
         live = self.registry.read_json(f"skynet/bluegreen/{definition['name']}/live")
         return live if live in ("blue", "green") else definition.get("color", "blue")
-
-    # -- locking -----------------------------------------------------------------------------
-
-    def _lock(self, service, wait):
-        sid = self.registry.call(
-            "create a session",
-            self.consul.session.create,
-            name=f"skynet-scale-{service}",
-            ttl=60,
-            behavior="delete",
-            lock_delay=0,
-        )
-        deadline = time.monotonic() + wait
-        while True:
-            got = self.registry.call(
-                f"lock {service}", self.consul.kv.put, self._key(service, "lock"), sid, acquire=sid
-            )
-            if got:
-                return sid
-            if time.monotonic() >= deadline:
-                self.registry.call("destroy a session", self.consul.session.destroy, sid)
-                return None
-            time.sleep(0.2)
-
-    def _unlock(self, sid):
-        self.registry.call("destroy a session", self.consul.session.destroy, sid)
 
     # -- the cycle ---------------------------------------------------------------------------
 
@@ -155,57 +185,135 @@ class Autoscaler:
 
         # Services are independent (a lock each); most of a change is waiting for health checks.
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            return list(pool.map(one, policies.items()))
+            results = list(pool.map(one, policies.items()))
+        for result, (name, (_definition, policy)) in zip(results, policies.items(), strict=True):
+            metrics, missing, outage = assess(policy, values[name])
+            result["metrics"] = metrics  # no NaN, Infinity or Unavailable in JSON
+            result.setdefault("missing", list(missing))
+            result.setdefault("outage", outage)
+        return results
 
     def _one(self, definition, policy, values, check_mode, dry_run, lock_wait, options):
         name = definition["name"]
-        sid = None if check_mode else self._lock(name, lock_wait)
-        if not check_mode and sid is None:
+        if check_mode:
+            return self._decide_and_apply(definition, policy, values, None, True, dry_run, options)
+        lock = ServiceLock(self.registry, name, "scale", prefix=self.lock_prefix)
+        if not lock.acquire(lock_wait):
             return {
                 "service": name,
                 "action": "skipped",
                 "applied": False,
-                "reason": "another autoscale run holds the lock",
+                "reason": f"{lock.holder()} holds the lock of {name}",
                 "metrics": values,
             }
         try:
-            color = self.live_color(definition)
-            running = [i for i in self.driver.list(name, color) if i.state == "running"]
-            state = State.from_dict(self.registry.read_json(self._key(name, "state")))
-            decision, new_state = decide(policy, len(running), values, state, self.clock())
-            result = {**decision.as_dict(), "color": color, "applied": False, "error": None}
-            release = self.release_in_progress(name)
-            if release and decision.action != "hold":
+            result = self._decide_and_apply(definition, policy, values, lock, check_mode, dry_run, options)
+        finally:
+            # A lock that cannot be given back ends with its session's TTL; it never hides the result.
+            problem = lock.release()
+        if problem:
+            result.setdefault("warnings", []).append(f"the lock of {name} was not released cleanly: {problem}")
+        return result
+
+    def _triage(self, name, instances, state_raw, now):
+        """(usable, uncounted, discard, left drained, critical_since) by Consul health and age."""
+        health = self.registry.health(name)
+        previous = (state_raw or {}).get("critical_since") or {}
+        usable, uncounted, discard, drained, critical_since = [], [], [], [], {}
+        for inst in instances:
+            status, in_maintenance = health.get(inst.id, (None, False))
+            if in_maintenance:
+                drained.append(inst)  # only a run that died mid-drain leaves one: its lock is ours now
+            elif status in ("passing", "warning") or now - inst.created < self.health_grace:
+                usable.append(inst)
+            else:
+                since = float(previous.get(inst.id, now))
+                critical_since[inst.id] = since
+                (discard if now - since >= self.unhealthy_after else uncounted).append(inst)
+        return usable, uncounted, discard, drained, critical_since
+
+    def _decide_and_apply(self, definition, policy, values, lock, check_mode, dry_run, options):
+        name = definition["name"]
+        now = self.clock()
+        color = self.live_color(definition)
+        instances = [i for i in self.driver.list(name, color) if i.state == "running"]
+        state_raw, index = self.registry.read_versioned(self._key(name, "state"), {})
+        state_raw = state_raw if isinstance(state_raw, dict) else {}
+        state = State.from_dict(state_raw)
+        usable, uncounted, discard, drained, critical_since = self._triage(name, instances, state_raw, now)
+        decision, new_state = decide(policy, len(usable), values, state, now)
+        result = {**decision.as_dict(), "color": color, "applied": False, "error": None}
+        replaced = [i.id for i in discard]
+        total = int(state_raw.get("replacements_total") or 0) + len(replaced)
+        result.update(
+            running=len(instances),
+            unhealthy=[i.id for i in uncounted + discard],
+            replaced=replaced,
+            left_drained=[i.id for i in drained],
+            replacements_total=total,
+        )
+        notes = []
+        if discard:
+            notes.append(
+                f"replacing {len(discard)} instance(s) failing their health check for over "
+                f"{self.unhealthy_after:g}s: {', '.join(replaced)}"
+            )
+        if uncounted:
+            notes.append(f"not counting {len(uncounted)} failing instance(s): {', '.join(i.id for i in uncounted)}")
+        if drained:
+            notes.append(f"removing {len(drained)} instance(s) an interrupted run left drained")
+        if notes:
+            result["reason"] = "; ".join([result["reason"], *notes])
+        release = self.release_in_progress(name)
+        if release:
+            result.update(release_phase=release["phase"], release_since=release["since"])
+            if decision.action != "hold" or discard:
                 result.update(
                     desired=decision.current,
                     action="hold",
-                    reason=f"a blue/green release is in progress (phase {release}): holding; "
-                    f"wanted {decision.desired} ({decision.reason})",
+                    replaced=[],
+                    replacements_total=total - len(replaced),
+                    reason=f"a blue/green release is in progress (phase {release['phase']}): holding; "
+                    f"wanted {decision.desired} ({result['reason']})",
                 )
                 return result
-            if check_mode or dry_run:
-                return result
-            if decision.action != "hold":
-                image = running[-1].image if running else None
-                desired = Desired(
-                    spec=spec_of(definition, color, image),
-                    count=decision.desired,
-                    health=definition.get("health") or {},
-                    roll=False,
-                    **options,
+        if check_mode or dry_run:
+            return result
+
+        stored = {**new_state.as_dict(), "critical_since": critical_since, "replacements_total": total}
+        # The cooldown is recorded before acting: a run that dies mid-change still counts as having scaled.
+        lock.fence(f"recording the decision for {name}")
+        if not self.registry.write_json(self._key(name, "state"), stored, cas=index):
+            result["error"] = f"the scaling state of {name} changed under this run: nothing was changed"
+            return result
+        if decision.action != "hold" or discard or drained:
+            image = usable[-1].image if usable else (instances[-1].image if instances else None)
+            desired = Desired(
+                spec=spec_of(definition, color, image),
+                count=decision.desired,
+                health=definition.get("health") or {},
+                roll=False,
+                discard=tuple(i.id for i in discard + drained),
+                uncounted=tuple(i.id for i in uncounted),
+                **options,
+            )
+            try:
+                ServiceConverger(self.driver, self.registry, fence=lock.fence).converge(desired)
+                result["applied"] = True
+            except SkynetError as e:
+                result["error"] = str(e)
+        try:
+            lock.fence(f"recording the outcome for {name}")
+            if result["error"]:
+                # A change that failed does not hold back the next attempt by a cooldown.
+                self.registry.write_json(
+                    self._key(name, "state"),
+                    {**state.as_dict(), "critical_since": critical_since, "replacements_total": total},
                 )
-                try:
-                    ServiceConverger(self.driver, self.registry).converge(desired)
-                    result["applied"] = True
-                except SkynetError as e:
-                    result["error"] = str(e)
-                    new_state = state
-            self.registry.write_json(self._key(name, "state"), new_state.as_dict())
             self.registry.write_json(self._key(name, "last"), result)
-            if decision.action != "hold" or result["error"]:
+            if decision.action != "hold" or result["error"] or discard or drained:
                 history = self.registry.read_json(self._key(name, "history"), [])
                 self.registry.write_json(self._key(name, "history"), [*history, result][-HISTORY:])
-            return result
-        finally:
-            if sid:
-                self._unlock(sid)
+        except SkynetError as e:
+            result["error"] = "; ".join(filter(None, [result["error"], str(e)]))
+        return result

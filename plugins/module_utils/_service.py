@@ -54,6 +54,8 @@ class Desired:
     stop_timeout: int = 10
     scale_in_policy: str = "newest_first"
     roll: bool = True  # replace instances whose image differs from spec.image
+    discard: tuple = ()  # ids of running instances to remove and not count (failed health, left drained)
+    uncounted: tuple = ()  # ids of running instances kept but not counted (failing, not for long yet)
 
 
 @dataclass
@@ -68,9 +70,15 @@ class Outcome:
         return bool(self.created or self.removed or self.replaced or self.registered)
 
 
+def _no_fence(before):
+    return None
+
+
 class ServiceConverger:
-    def __init__(self, driver, registry, sleep=time.sleep):
-        self.driver, self.registry, self.sleep = driver, registry, sleep
+    """fence(what) is called before each change and raises to stop it (a lock that was lost)."""
+
+    def __init__(self, driver, registry, sleep=time.sleep, fence=_no_fence):
+        self.driver, self.registry, self.sleep, self.fence = driver, registry, sleep, fence
 
     def preflight(self, desired):
         self.registry.check()
@@ -82,16 +90,18 @@ class ServiceConverger:
         spec = desired.spec
         count = desired.count if desired.state == "present" else 0
         before = self.driver.list(spec.service, spec.color)
-        running = [i for i in before if i.state == "running"]
+        discard = [i for i in before if i.state == "running" and i.id in desired.discard]
+        running = [i for i in before if i.state == "running" and i not in discard]
+        counted = [i for i in running if i.id not in desired.uncounted]
         dead = [i for i in before if i.state != "running"]
         statuses = self.registry.statuses(spec.service)
         unregistered = [i for i in running if i.id not in statuses]
         target_image = spec.image if desired.state == "present" and desired.roll else None
-        todo = plan(running, count, target_image, desired.scale_in_policy)
+        todo = plan(counted, count, target_image, desired.scale_in_policy)
 
         out = Outcome()
         if check_mode:
-            out.removed = [i.id for i in dead + todo.remove]
+            out.removed = [i.id for i in dead + discard + todo.remove]
             out.replaced = [i.id for i in todo.replace]
             out.created = [f"(new {n + 1})" for n in range(todo.create)]
             out.registered = [i.id for i in unregistered if i not in todo.remove]
@@ -104,6 +114,7 @@ class ServiceConverger:
             out.removed.append(inst.id)
         for inst in unregistered:
             if inst not in todo.remove:
+                self.fence(f"registering {inst.id}")
                 self.registry.register(inst, desired.health, desired.tags)
                 out.registered.append(inst.id)
         if todo.remove:
@@ -112,6 +123,10 @@ class ServiceConverger:
         if todo.create:
             new = self._start(todo.create, desired)
             out.created.extend(i.id for i in new)
+        # Replacements are passing before what they replace goes, which serves nothing already.
+        for inst in discard:
+            self._remove(inst, stop_timeout=desired.stop_timeout)
+            out.removed.append(inst.id)
         for old in todo.replace:
             new = self._start(1, desired)[0]
             out.replaced.append(old.id)
@@ -127,6 +142,7 @@ class ServiceConverger:
         spec = replace(desired.spec, labels={**container_labels(desired.health, desired.tags), **desired.spec.labels})
         try:
             for _attempt in range(n):
+                self.fence(f"starting an instance of {spec.service}")
                 inst = self.driver.create(spec)
                 started.append(inst)
                 self.registry.register(inst, desired.health, desired.tags)
@@ -140,26 +156,44 @@ class ServiceConverger:
                         f"pass their health check within {desired.wait_timeout:g}s; they were removed"
                     )
         except SkynetError as e:
-            leftovers = []
+            failed = {}
             for inst in started:
-                try:
-                    self._remove(inst, drain=False)
-                except SkynetError as cleanup:
-                    leftovers.append(f"{inst.id} ({cleanup})")
+                for what, undo in (("instance", self.driver.remove), ("registration", self.registry.deregister)):
+                    try:
+                        undo(inst)
+                    except SkynetError as cleanup:
+                        failed[(what, inst.id)] = cleanup
+            # A cleanup step can fail on what is already gone (a registration that was refused,
+            # a container removed despite an error): only what still exists is reported.
+            leftovers = [f"{what} {i} ({err})" for (what, i), err in failed.items() if self._exists(what, i, desired)]
             if leftovers:
                 raise SkynetError(f"{e}; could not remove what was started: {'; '.join(leftovers)}") from e
             raise
         return started
 
+    def _exists(self, what, instance_id, desired):
+        """Whether a started instance or its Consul registration is still there; True when that cannot be read."""
+        spec = desired.spec
+        try:
+            if what == "instance":
+                return instance_id in {i.id for i in self.driver.list(spec.service, spec.color)}
+            services = self.registry.call("list the agent's services", self.registry.client.agent.services)
+            return any((s.get("Meta") or {}).get("skynet_instance") == instance_id for s in services.values())
+        except SkynetError:
+            return True
+
     def _scale_in(self, instances, desired):
         for inst in instances:
+            self.fence(f"draining {inst.id}")
             self.registry.drain(inst)
         if desired.drain_period:
             self.sleep(desired.drain_period)
         for inst in instances:
             self._remove(inst, drain=False, stop_timeout=desired.stop_timeout)
 
-    def _remove(self, inst, drain=True, stop_timeout=10):
+    def _remove(self, inst, drain=True, stop_timeout=10, fenced=True):
+        if fenced:
+            self.fence(f"removing {inst.id}")
         if drain:
             self.registry.drain(inst)
         self.driver.remove(inst, stop_timeout)

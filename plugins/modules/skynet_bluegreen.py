@@ -57,7 +57,10 @@ attributes:
       - After an interruption, the same release resumes from the phase recorded in Consul.
 options:
   service:
-    description: Name of the service in Consul and in HAProxy's maps.
+    description:
+      - Name of the service in Consul and in HAProxy's maps.
+      - A DNS label, 1 to 63 lower-case letters, digits and dashes, starting with a letter and not ending
+        with a dash. Any other name fails the task before anything is read or changed.
     type: str
     required: true
   state:
@@ -102,6 +105,7 @@ options:
       map_dir:
         description:
           - Directory of the node's C(live.map) and C(preview.map) as HAProxy names them; O(map_dir) when omitted.
+          - A path without spaces, newlines, semicolons or backslashes, since it is a word of runtime API commands.
         type: str
       persist:
         description:
@@ -343,7 +347,7 @@ msg:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _drivers
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _drivers, _names
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._bluegreen import BlueGreen, HAProxyNode, ReleaseOptions
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._haproxy_runtime import HAProxyRuntime
@@ -432,6 +436,14 @@ def main():
         module.fail_json(msg=missing_required_lib(missing[0]), exception=str(missing[1]))
     if p["count"] is not None and p["count"] < 1:
         module.fail_json(msg=f"count must be 1 or more, got {p['count']}")
+
+    try:
+        _names.service_name(p["service"], "service")
+        _names.tags(p["tags"], "tags")
+        for n, node in enumerate(p["haproxy"]):
+            _names.runtime_word(node["map_dir"] or p["map_dir"], f"haproxy[{n}].map_dir")
+    except SkynetError as e:
+        module.fail_json(msg=f"{e}; nothing was changed")
 
     try:
         options = ReleaseOptions(

@@ -41,7 +41,11 @@ attributes:
     description: A second run with the same arguments changes nothing.
 options:
   service:
-    description: Name of the service; the name it has in Consul.
+    description:
+      - Name of the service; the name it has in Consul.
+      - A DNS label, 1 to 63 lower-case letters, digits and dashes, starting with a letter and not ending
+        with a dash (HAProxy finds the instances as C(_<service>._<color>.service.consul)). Any other name
+        fails the task before anything is read or changed.
     type: str
     required: true
   compute:
@@ -158,7 +162,7 @@ registered:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _drivers
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _drivers, _names
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import Spec
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
@@ -199,6 +203,12 @@ def main():
             module.warn(f"compute=ec2 ignores the Docker-only options {', '.join(ignored)}")
     if p["count"] is not None and p["count"] < 0:
         module.fail_json(msg=f"count must be 0 or more, got {p['count']}")
+    try:
+        _names.service_name(p["service"], "service")
+        _names.color(p["color"], "color")
+        _names.tags(p["tags"], "tags")
+    except SkynetError as e:
+        module.fail_json(msg=f"{e}; nothing was changed")
 
     desired = Desired(
         spec=Spec(

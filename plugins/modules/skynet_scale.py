@@ -12,12 +12,27 @@ description:
   - Evaluates the scaling policy of every service definition in one invocation, reads the current
     instance counts from the compute, decides, and applies the changes through the compute driver
     (draining on scale-in).
-  - Every policy is validated and every metric is read before anything changes; invalid policies,
-    bad PromQL or an unreachable Prometheus, Consul or compute fail the task with nothing changed.
-  - A missing metric (an empty result, NaN) holds capacity and says so; it never scales to the policy's C(min).
-  - Each service is decided under a Consul session lock, so concurrent runs never act twice; the
-    decision (time, metric values, current, desired, reason) and the cooldown state are kept in Consul
-    KV under O(key_prefix)C(/<service>/).
+  - Every policy is validated and every metric is read before anything changes; invalid policies, PromQL
+    that Prometheus rejects (a syntax error) or a query giving a range or a string, and an unreachable
+    Consul or compute fail the task with nothing changed.
+  - A missing metric (an empty result, NaN, +Inf or -Inf) holds capacity and says so, with the check and the
+    value; it never scales to the policy's C(min). With C(on_missing=ignore) the other checks decide.
+  - A metric outage (Prometheus unreachable, a query that fails at run time) holds the decisions that need
+    that metric, whatever C(on_missing) says; other checks that answered may still scale out, never in.
+    Everything that needs no metric still happens in that run (C(min) and C(max), scheduled capacity,
+    health replacement); then the task fails, naming the outage and what was still done, with the
+    decisions.
+  - Each service is decided and changed under its lock, C(skynet/lock/<service>) in Consul KV, the same
+    lock M(cyberdyne.skynet.skynet_bluegreen) takes, so concurrent runs (timer, AWX, a release) never act
+    twice. The lock's session (TTL 15s) is renewed while held, and the run checks it still holds the lock
+    before each change; a run that lost it stops there. A run that dies keeps its lock until its session
+    expires, plus a lock-delay of 15s.
+  - The decision (time, metric values, current, desired, reason) and the cooldown state are kept in Consul
+    KV under O(key_prefix)C(/<service>/); the cooldown is recorded, with a check-and-set, before the change
+    starts.
+  - The current count is the instances that pass their health check (or are inside O(health_grace));
+    instances failing for longer than O(unhealthy_after) are replaced, and instances left drained by an
+    interrupted run are removed.
   - While a blue/green release of a service is in progress (C(skynet/bluegreen/<service>/release) in
     Consul KV), the service is held.
 author: Skynet developers (@cyberdyne)
@@ -47,13 +62,22 @@ options:
       - The service definitions, the same list the roles read. Definitions without C(scaling) are skipped.
       - Each has C(name), C(image), C(port), C(health) (as in M(cyberdyne.skynet.skynet_compute)), C(env),
         C(color) (the color scaled when no release recorded a live color) and C(scaling).
-      - C(scaling) has C(min), C(max), C(checks), C(cooldown_up) (60), C(cooldown_down) (120),
-        C(stabilization_window) (120, seconds of scale-in recommendations of which the highest is used),
-        C(max_step) and C(max_step_percent).
+      - A C(name) is a DNS label, 1 to 63 lower-case letters, digits and dashes, starting with a letter and
+        not ending with a dash; C(color) is V(blue) or V(green). Any other name or color fails the task
+        before anything is read or changed.
+      - C(scaling) has C(min), C(max) (at most 1000000), C(checks), C(cooldown_up) (60), C(cooldown_down)
+        (120, both at most 86400) and C(stabilization_window) (120, at most 3600, seconds of scale-in
+        recommendations of which the highest is used).
+      - One decision adds at most the larger of C(max_step_percent) (100) percent of the current instances and
+        C(min_step) (4, at most 50) instances, as Kubernetes HPA's default scale-up policy; C(max_step) narrows
+        that to a number of instances. Scale-in has no bound unless C(max_step) or C(max_step_percent) is
+        given. Whatever the policy says, one cycle starts at most 50 instances for one service (restoring
+        C(min) included); the next cycles go on.
+      - Numbers must be finite (no V(.inf) or V(.nan)) and inside those bounds; the task fails naming the field.
       - A check has a C(name), a metric (C(query), PromQL giving one number, or C(value), given by the
         playbook; V(null) is a missing metric), a C(strategy) and C(on_missing) (V(hold) or V(ignore)).
       - C(strategy=target) wants C(target) per instance, C(aggregate) V(average) (the metric is per
-        instance) or V(total) (the service's total), C(tolerance) (0.1).
+        instance) or V(total) (the service's total), C(tolerance) (0.1, below 1).
       - C(strategy=step) wants C(steps), a list of C(lower), C(upper), C(adjust) and C(unit) (V(count) or V(percent)).
       - C(strategy=schedule) wants C(windows), a list of C(days), C(start), C(end) (HH:MM, local time) and C(min).
       - Checks combine safely, scale-out wins and scale-in happens only when every check agrees.
@@ -61,7 +85,7 @@ options:
     elements: dict
     required: true
   limit:
-    description: Evaluate only these services; a name not in O(services) is an error.
+    description: Evaluate only these services; a name not in O(services), or not a valid service name, is an error.
     type: list
     elements: str
   dry_run:
@@ -77,7 +101,9 @@ options:
     type: int
     default: 8
   key_prefix:
-    description: Consul KV prefix of the decisions, state and locks.
+    description:
+      - Consul KV prefix of the decisions, state and locks.
+      - Parts between slashes are letters, digits, dashes, dots and underscores, none of them V(.) or V(..).
     type: str
     default: skynet/scale
   drain_period:
@@ -88,6 +114,21 @@ options:
     description: Seconds new instances have to pass their health check.
     type: float
     default: 120
+  health_grace:
+    description:
+      - Seconds after its start during which an instance that does not pass its health check yet counts as
+        capacity (it is starting).
+      - After that, only instances that pass count; the others are not counted, so the cycle starts instances
+        in their place when the decision needs them.
+    type: float
+    default: 60
+  unhealthy_after:
+    description:
+      - Seconds an instance may fail its health check (past O(health_grace)) before it is drained, removed and
+        replaced, in every cycle and whatever the decision, as an Auto Scaling group's health replacement.
+      - How long it has been failing is kept in Consul KV with the service's state.
+    type: float
+    default: 60
 """
 
 EXAMPLES = r"""
@@ -103,7 +144,7 @@ EXAMPLES = r"""
           max: 6
           checks:
             - name: requests
-              query: sum(rate(haproxy_backend_http_requests_total{proxy="web"}[30s]))
+              query: service:skynet_http_requests:rate{service="web"}
               aggregate: total
               target: 50
     prometheus_url: http://127.0.0.1:9090
@@ -139,8 +180,18 @@ decisions:
       type: str
       returned: always
     metrics:
-      description: Metric value of each check, null when missing.
+      description: Metric value of each check, null when missing, not finite or unavailable.
       type: dict
+      returned: always
+    missing:
+      description: Checks whose metric was missing, not finite (NaN, +Inf, -Inf) or unavailable.
+      type: list
+      elements: str
+      returned: always
+    outage:
+      description: Why the metrics of this service could not be read (Prometheus unreachable, a query that
+        failed at run time), null when they could.
+      type: str
       returned: always
     applied:
       description: Whether the change was made.
@@ -150,12 +201,48 @@ decisions:
       description: Why applying failed; what was started was removed again.
       type: str
       returned: when decided
+    running:
+      description: Running instances of the live color, counted or not.
+      type: int
+      returned: when decided
+    unhealthy:
+      description: Instances failing their health check past O(health_grace), not counted in RV(decisions[].current).
+      type: list
+      elements: str
+      returned: when decided
+    replaced:
+      description: Instances failing for longer than O(unhealthy_after), replaced in this cycle.
+      type: list
+      elements: str
+      returned: when decided
+    replacements_total:
+      description: Health replacements of the service so far (kept in Consul KV); a crash loop shows as its rise.
+      type: int
+      returned: when decided
+    left_drained:
+      description: Instances an interrupted run had drained and not removed; this cycle removed them.
+      type: list
+      elements: str
+      returned: when decided
+    release_phase:
+      description: The phase of a blue/green release of the service in progress.
+      type: str
+      returned: when a release is in progress
+    release_since:
+      description: When that phase started (epoch seconds).
+      type: float
+      returned: when a release is in progress
+    warnings:
+      description: What went wrong after the decision was recorded, such as a lock that could not be given back.
+      type: list
+      elements: str
+      returned: when there are any
 """
 
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _drivers
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _drivers, _names
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus import (
     client_from_params,
@@ -177,6 +264,8 @@ def main():
             **prometheus_argument_spec(),
             drain_period=dict(type="float", default=5),
             wait_timeout=dict(type="float", default=120),
+            health_grace=dict(type="float", default=60),
+            unhealthy_after=dict(type="float", default=60),
             **_consul.consul_argument_spec(),
             **_drivers.compute_argument_spec(),
         ),
@@ -187,10 +276,19 @@ def main():
         module.fail_json(msg=missing_required_lib(missing[0]), exception=str(missing[1]))
     p = module.params
     try:
+        _names.kv_key(p["key_prefix"].rstrip("/"), "key_prefix")
         consul = _consul.connect(p)
         driver = _drivers.make_driver(p)
         prometheus = client_from_params(p)
-        scaler = Autoscaler(consul, Registry(consul), driver, prometheus, key_prefix=p["key_prefix"])
+        scaler = Autoscaler(
+            consul,
+            Registry(consul),
+            driver,
+            prometheus,
+            key_prefix=p["key_prefix"],
+            health_grace=p["health_grace"],
+            unhealthy_after=p["unhealthy_after"],
+        )
         decisions = scaler.run(
             p["services"],
             limit=p["limit"],
@@ -207,13 +305,30 @@ def main():
     if module.check_mode:
         changed = any(d["action"] in ("scale_out", "scale_in") for d in decisions)
     failed = [d for d in decisions if d.get("error")]
+    problems = [outage_message(decisions)] if any(d.get("outage") for d in decisions) else []
     if failed:
-        module.fail_json(
-            msg="scaling failed for " + "; ".join(f"{d['service']}: {d['error']}" for d in failed),
-            decisions=decisions,
-            changed=changed,
-        )
+        problems.append("scaling failed for " + "; ".join(f"{d['service']}: {d['error']}" for d in failed))
+    if problems:
+        module.fail_json(msg=". ".join(problems), decisions=decisions, changed=changed)
     module.exit_json(changed=changed, decisions=decisions)
+
+
+def outage_message(decisions):
+    """The outages, the checks they held, and what the run still did: the run fails so that alerts fire."""
+    held = {}
+    for d in decisions:
+        if d.get("outage"):
+            held.setdefault(d["outage"], []).append(f"{d['service']} ({', '.join(d.get('missing') or ())})")
+    said = "; ".join(f"{outage}, for {', '.join(services)}" for outage, services in held.items())
+    done = [
+        f"{d['service']} {d['action']} {d['current']} -> {d['desired']}"
+        + (f" replacing {len(d['replaced'])}" if d.get("replaced") else "")
+        for d in decisions
+        if d.get("applied")
+    ]
+    return f"metrics unavailable, the decisions that need them held: {said}. Still done in this run: " + (
+        ", ".join(done) or "nothing (nothing else needed changing)"
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +75,8 @@ class Stack:
 
     # -- components -------------------------------------------------------------------------
 
-    def consul(self, name: str = "consul") -> Consul:
+    def consul(self, name: str = "consul", acl: bool = False) -> Consul:
+        """A dev agent; with acl, ACLs enabled with default deny and a management token (Consul.token)."""
         ports = {k: free_port() for k in ("http", "dns", "serf_lan", "serf_wan", "server")}
         config = {
             "node_name": name,
@@ -90,12 +92,18 @@ class Stack:
             "enable_local_script_checks": False,
             "telemetry": {"prometheus_retention_time": "60s", "disable_hostname": True},
         }
+        token = str(uuid.uuid4()) if acl else None
+        if acl:
+            config["acl"] = {"enabled": True, "default_policy": "deny", "tokens": {"master": token, "agent": token}}
         cfg = self.path(name, "consul.json")
         cfg.write_text(json.dumps(config))
         binary = _which("consul", TOOLS / "consul")
         proc = self.start(name, [binary, "agent", "-dev", f"-config-file={cfg}"])
-        c = Consul(proc, ports["http"], ports["dns"])
+        c = Consul(proc, ports["http"], ports["dns"], token)
         proc.wait_ready(lambda: requests.get(f"{c.url}/v1/status/leader", timeout=2).json())
+        if acl:
+            # The dev server elects itself before its ACL system answers.
+            wait_for(lambda: _get_ok(f"{c.url}/v1/acl/token/self", headers=c.headers), 30, "Consul's ACLs")
         return c
 
     def haproxy(self, body: str, name: str = "haproxy") -> HAProxy:
@@ -223,15 +231,26 @@ class Consul:
     process: Process
     http_port: int
     dns_port: int
+    token: str | None = None  # the management token when ACLs are on
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def headers(self) -> dict:
+        return {"X-Consul-Token": self.token} if self.token else {}
+
     def api(self, method: str, path: str, **kw):
+        kw["headers"] = {**self.headers, **kw.get("headers", {})}
         r = requests.request(method, f"{self.url}/v1/{path}", timeout=10, **kw)
         r.raise_for_status()
         return r.json() if r.content else None
+
+    def acl_token(self, rules: str) -> str:
+        """The secret of a new token whose one policy holds these ACL rules (HCL)."""
+        policy = self.api("PUT", "acl/policy", json={"Name": f"policy-{uuid.uuid4().hex[:8]}", "Rules": rules})
+        return self.api("PUT", "acl/token", json={"Policies": [{"ID": policy["ID"]}]})["SecretID"]
 
     def dig(self, name: str, rtype: str = "SRV") -> list[str]:
         out = subprocess.run(

@@ -13,7 +13,7 @@ import requests
 from harness.ansible import run_module
 from harness.load import LoadLoop, LoadLoops
 from harness.proc import free_port, wait_for
-from harness.stack import consul_backend
+from harness.product import start_prometheus
 
 COMPUTE = "cyberdyne.skynet.skynet_compute"
 SCALE = "cyberdyne.skynet.skynet_scale"
@@ -21,23 +21,14 @@ SCALE = "cyberdyne.skynet.skynet_scale"
 
 @pytest.fixture
 def web(stack, consul, engine, docker_client, sample_image, unique):
-    """The sample service behind HAProxy, scraped by Prometheus; everything removed at the end."""
+    """The sample service behind HAProxy on the config the collection renders, scraped by Prometheus
+    with the prometheus role's recording rules; everything removed at the end."""
     name = unique("web")
-    frontend = free_port()
-    haproxy = stack.haproxy(consul_backend(name, frontend, consul.dns_port))
-
-    prometheus = stack.prometheus(
-        {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [
-                {"job_name": "haproxy", "static_configs": [{"targets": [f"127.0.0.1:{haproxy.stats_port}"]}]}
-            ],
-        }
-    )
     definition = {
         "name": name,
         "image": sample_image["1"],
         "port": 8080,
+        "lb_port": free_port(),
         "health": {"path": "/health", "interval": "1s"},
         "scaling": {
             "min": 1,
@@ -48,17 +39,19 @@ def web(stack, consul, engine, docker_client, sample_image, unique):
             "checks": [
                 {
                     "name": "requests",
-                    "query": f'sum(rate(haproxy_backend_http_requests_total{{proxy="{name}"}}[10s]))',
+                    "query": f'service:skynet_http_requests:rate{{service="{name}"}}',
                     "aggregate": "total",
                     "target": 50,
                 }
             ],
         },
     }
+    haproxy = stack.rendered_haproxy([definition], consul)
+    prometheus = start_prometheus(stack, [definition], {"haproxy": [f"127.0.0.1:{haproxy.stats_port}"]})
     common = {"docker_host": engine.docker_host, "consul_url": consul.url}
     yield {
         "definition": definition,
-        "url": f"http://127.0.0.1:{frontend}/",
+        "url": f"http://127.0.0.1:{definition['lb_port']}/",
         "prometheus": prometheus,
         "common": common,
         "scale_args": {**common, "services": [definition], "prometheus_url": prometheus.url, "drain_period": 2},
@@ -87,9 +80,7 @@ def test_scales_out_under_load_and_back_in_when_it_stops(web, docker_client, con
     wait_for(lambda: requests.get(web["url"], timeout=1).ok, 20, "the service behind HAProxy")
 
     with LoadLoops(web["url"], n=4, rate=50) as loads:  # ~200 requests/s
-        web["prometheus"].wait_query(
-            f'sum(rate(haproxy_backend_http_requests_total{{proxy="{name}"}}[10s])) > 150', timeout=40
-        )
+        web["prometheus"].wait_query(f'service:skynet_http_requests:rate{{service="{name}"}} > 150', timeout=40)
 
         # Two runs started at the same moment: one acts, the other never adds on top of it.
         results = [None, None]

@@ -169,3 +169,60 @@ def test_an_instance_that_never_passes_is_removed(consul, docker_client, sample_
 def test_the_consul_token_is_never_printed(sample_image, compute):
     result = run_module(MODULE, {**compute, "image": sample_image["1"], "count": 0, "consul_token": "t0p-s3cret"})
     assert "t0p-s3cret" not in repr(result)
+
+
+@pytest.fixture(scope="module")
+def acl_consul(session_stack):
+    return session_stack.consul("consul-acl", acl=True)
+
+
+def test_a_token_that_cannot_register_leaves_nothing_and_says_so(acl_consul, docker_client, sample_image, compute):
+    read_only = acl_consul.acl_token('service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }')
+    args = {**compute, "image": sample_image["1"], "count": 1, "consul_url": acl_consul.url, "consul_token": read_only}
+    result = run_module(MODULE, args)
+    assert result.get("failed")
+    assert f"Consul at {acl_consul.url} refused the request: the token lacks permission" in result["msg"]
+    assert "register skynet-" in result["msg"]
+    assert containers_of(docker_client, compute["service"]) == []
+    assert "could not remove" not in result["msg"]
+    assert read_only not in repr(result)
+
+
+def test_a_registration_left_behind_is_named_and_the_removed_container_is_not(
+    acl_consul, docker_client, sample_image, compute
+):
+    service = compute["service"]
+    rules = f'service "{service}" {{ policy = "write" }}\nnode_prefix "" {{ policy = "read" }}'
+    policy = acl_consul.api("PUT", "acl/policy", json={"Name": f"policy-{service}", "Rules": rules})
+    token = acl_consul.api("PUT", "acl/token", json={"Policies": [{"ID": policy["ID"]}]})
+    args = {
+        **compute,
+        "image": sample_image["1"],
+        "count": 1,
+        "env": {"HEALTHY": "false"},
+        "wait_timeout": 20,
+        "consul_url": acl_consul.url,
+        "consul_token": token["SecretID"],
+    }
+
+    def revoke_once_registered():
+        # The token goes while the instance waits to pass: its deregistration is then refused.
+        wait_for(lambda: acl_consul.api("GET", f"catalog/service/{service}"), 30, f"{service} registered")
+        acl_consul.api("DELETE", f"acl/token/{token['AccessorID']}")
+
+    revoker = threading.Thread(target=revoke_once_registered)
+    revoker.start()
+    try:
+        result = run_module(MODULE, args)
+        revoker.join(40)
+        assert result.get("failed")
+        assert "refused the request: the token lacks permission (ACL not found)" in result["msg"]
+        (entry,) = acl_consul.api("GET", f"catalog/service/{service}")
+        left = entry["ServiceMeta"]["skynet_instance"]
+        assert f"could not remove what was started: registration {left} (Consul at {acl_consul.url}" in result["msg"]
+        assert f"instance {left}" not in result["msg"]
+        assert containers_of(docker_client, service) == []
+    finally:
+        revoker.join(40)
+        for e in acl_consul.api("GET", f"catalog/service/{service}"):
+            acl_consul.api("PUT", f"agent/service/deregister/{e['ServiceID']}")

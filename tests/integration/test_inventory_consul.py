@@ -18,7 +18,7 @@ COLLECTIONS = Path(__file__).resolve().parents[2] / ".build" / "collections"
 TOKEN = "s3cret-inventory-token"
 
 
-def inventory(tmp_path, config, *args, unparsed_failed=False):
+def inventory(tmp_path, config, *args, unparsed_failed=False, extra_env=None):
     """ansible-inventory --list on a skynet.consul.yml holding config: (CompletedProcess, inventory)."""
     source = tmp_path / "skynet.consul.yml"
     source.write_text(yaml.safe_dump({"plugin": "cyberdyne.skynet.consul", **config}))
@@ -33,6 +33,7 @@ def inventory(tmp_path, config, *args, unparsed_failed=False):
         ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
         ANSIBLE_NOCOLOR="1",
         ANSIBLE_INVENTORY_UNPARSED_FAILED=str(unparsed_failed),
+        **(extra_env or {}),
     )
     run = subprocess.run(
         ["ansible-inventory", "-i", str(source), "--list", "--output", str(out), *args],
@@ -210,3 +211,90 @@ def test_an_unreachable_consul_is_named(tmp_path):
     run = inventory(tmp_path, {"url": url, "token": TOKEN, "timeout": 2}, unparsed_failed=True)[0]
     assert run.returncode != 0
     assert f"Consul at {url} is unreachable" in run.stderr
+
+
+READ_ALL = 'node_prefix "" { policy = "read" }\nservice_prefix "" { policy = "read" }'
+
+
+@pytest.fixture(scope="module")
+def acl_consul(session_stack):
+    """An agent with ACLs on and default deny, where one service instance is registered."""
+    c = session_stack.consul("consul-acl-inventory", acl=True)
+    c.api("PUT", "agent/service/register", json={"Name": "web", "ID": "web-1", "Port": 8080})
+    wait_for(lambda: c.api("GET", "catalog/service/web"), 10, "web in the catalog")
+    return c
+
+
+def said(run):
+    return " ".join(run.stderr.split())
+
+
+def test_acl_denials_are_warned_with_what_was_hidden(tmp_path, acl_consul):
+    url = acl_consul.url
+    run, inv = inventory(tmp_path, {"url": url})
+    assert inv["_meta"]["hostvars"] == {}
+    assert (
+        f"Consul at {url} denied part of its catalog to its anonymous token, as no token was given "
+        "(option token or CONSUL_HTTP_TOKEN), so the inventory misses hosts: every node of the catalog (none "
+        "visible); every service of the catalog (none visible)."
+    ) in said(run)
+    assert "node:read and service:read" in said(run)
+
+    nodes_only = acl_consul.acl_token('node_prefix "" { policy = "read" }')
+    run, inv = inventory(tmp_path, {"url": url, "token": nodes_only})
+    assert set(inv["_meta"]["hostvars"]) == {"consul-acl-inventory"}
+    assert hostvars(inv, "consul-acl-inventory")["consul_services"] == []
+    assert f"Consul at {url} denied part of its catalog to the token given" in said(run)
+    assert "misses hosts: every service of the catalog (none visible)." in said(run)
+    assert nodes_only not in run.stderr + run.stdout
+
+    services_only = acl_consul.acl_token('service_prefix "" { policy = "read" }')
+    run, inv = inventory(tmp_path, {"url": url, "token": services_only})
+    assert inv["_meta"]["hostvars"] == {}
+    assert (
+        "every node of the catalog (none visible); the instances of service(s) consul, web (listed, but none visible)"
+    ) in said(run)
+
+    run, inv = inventory(tmp_path, {"url": url, "token": TOKEN})
+    assert inv["_meta"]["hostvars"] == {}
+    assert (
+        "misses hosts: the catalog's nodes (refused: ACL not found); the catalog's services (refused: ACL not found)."
+    ) in said(run)
+
+
+def test_a_token_that_reads_everything_gives_hosts_and_no_warning(tmp_path, acl_consul):
+    run, inv = inventory(tmp_path, {"url": acl_consul.url, "token": acl_consul.acl_token(READ_ALL)})
+    assert members(inv, "consul_service_web") == {"consul-acl-inventory"}
+    assert "denied" not in said(run)
+
+
+def test_on_denied_fail_makes_no_host(tmp_path, acl_consul):
+    url = acl_consul.url
+    run = inventory(tmp_path, {"url": url, "on_denied": "fail"}, unparsed_failed=True)[0]
+    assert run.returncode != 0
+    assert f"Consul at {url} denied part of its catalog to its anonymous token" in said(run)
+
+    env = {"SKYNET_CONSUL_INVENTORY_ON_DENIED": "fail"}
+    run, inv = inventory(tmp_path, {"url": url}, extra_env=env)
+    assert inv["_meta"]["hostvars"] == {}
+    assert f"Failed to parse inventory with 'auto' plugin: Consul at {url} denied part of its catalog" in said(run)
+
+    run = inventory(tmp_path, {"url": url, "token": acl_consul.acl_token(READ_ALL)}, extra_env=env)[0]
+    assert "denied" not in said(run)
+
+
+def test_a_cached_catalog_warns_again(tmp_path, acl_consul):
+    nodes_only = acl_consul.acl_token('node_prefix "" { policy = "read" }')
+    config = {
+        "url": acl_consul.url,
+        "token": nodes_only,
+        "cache": True,
+        "cache_plugin": "ansible.builtin.jsonfile",
+        "cache_connection": str(tmp_path / "cache"),
+        "cache_timeout": 60,
+    }
+    inventory(tmp_path, config)
+    run, inv = inventory(tmp_path, config, "-vvv")
+    assert "comes from the cache" in run.stdout
+    assert set(inv["_meta"]["hostvars"]) == {"consul-acl-inventory"}
+    assert "misses hosts: every service of the catalog (none visible)." in said(run)

@@ -228,7 +228,7 @@ def test_an_unreachable_prometheus_is_named(lookup):
     assert run.failure == f"Prometheus at {url} is unreachable: Connection refused"
     # The message stays one sentence, while the traceback keeps the chain down to the socket.
     assert "Max retries exceeded" not in run.failure
-    for cause in ("ConnectionRefusedError", "requests.exceptions.ConnectionError", "_errors.SkynetError"):
+    for cause in ("ConnectionRefusedError", "requests.exceptions.ConnectionError", "_prometheus.Unreachable"):
         assert cause in run.output
 
 

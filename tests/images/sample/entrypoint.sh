@@ -1,10 +1,13 @@
 #!/bin/sh
 # Skynet's sample service: a page naming the instance and its version, and a health path.
-# PORT (8080), VERSION (baked into the image), HEALTHY=false makes /health answer 404.
+# PORT (8080), VERSION (baked into the image), HEALTHY=false makes /health answer 404,
+# START_DELAY=N serves nothing for N seconds, HEALTHY_FOR=N makes /health answer 404 after N seconds.
 port=${PORT:-8080}
 mkdir -p /www
 echo "${SERVICE_NAME:-sample} instance=$(hostname) version=${VERSION:-0}" >/www/index.html
 if [ "${HEALTHY:-true}" = true ]; then echo ok >/www/health; fi
+if [ -n "${HEALTHY_FOR:-}" ]; then (sleep "$HEALTHY_FOR"; rm -f /www/health) & fi
+if [ -n "${START_DELAY:-}" ]; then sleep "$START_DELAY"; fi
 httpd -f -p "$port" -h /www &
 pid=$!
 trap 'kill "$pid"; exit 0' TERM INT

@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 from ansible_collections.cyberdyne.skynet.plugins.inventory.consul import (
     InventoryModule,
+    acl_denials,
     build_hosts,
+    denial_message,
     group_name,
     host_groups,
     instance_from_health,
@@ -170,3 +172,60 @@ def test_verify_file_wants_the_suffix(tmp_path, path, accepted):
 
 def test_verify_file_wants_an_existing_file(tmp_path):
     assert not InventoryModule().verify_file(str(tmp_path / "missing.consul.yml"))
+
+
+@pytest.mark.parametrize(
+    ("reads", "expected"),
+    [
+        ({"nodes": 3, "services": ["consul", "web"]}, []),
+        ({"nodes": 3, "services": None}, []),
+        (
+            {"nodes": 0, "services": []},
+            ["every node of the catalog (none visible)", "every service of the catalog (none visible)"],
+        ),
+        ({"nodes": 2, "services": []}, ["every service of the catalog (none visible)"]),
+        (
+            {"nodes": 0, "services": ["consul", "web"], "empty_services": ["consul", "web"]},
+            [
+                "every node of the catalog (none visible)",
+                "the instances of service(s) consul, web (listed, but none visible)",
+            ],
+        ),
+        (
+            {
+                "nodes": None,
+                "services": None,
+                "refused": [("the catalog's nodes", "ACL not found"), ("the catalog's services", "")],
+            },
+            ["the catalog's nodes (refused: ACL not found)", "the catalog's services (refused: permission denied)"],
+        ),
+        (
+            {"nodes": 4, "services": ["web"], "filtered": ["/v1/catalog/nodes", "/v1/catalog/nodes"]},
+            ["part of /v1/catalog/nodes (Consul filtered the answer)"],
+        ),
+    ],
+)
+def test_acl_denials(reads, expected):
+    assert acl_denials(**reads) == expected
+
+
+def test_many_hidden_services_are_summed_up():
+    names = [f"s{i:02}" for i in range(25)]
+    (phrase,) = acl_denials(5, names, names)
+    assert phrase == (
+        "the instances of service(s) s00, s01, s02, s03, s04, s05, s06, s07, s08, s09 and 15 more "
+        "(listed, but none visible)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("token_given", "who"),
+    [
+        (False, "to its anonymous token, as no token was given (option token or CONSUL_HTTP_TOKEN),"),
+        (True, "to the token given (option token or CONSUL_HTTP_TOKEN),"),
+    ],
+)
+def test_denial_message_names_consul_the_token_and_what_was_denied(token_given, who):
+    message = denial_message("https://consul:8501", token_given, ["a", "b"])
+    assert message.startswith(f"Consul at https://consul:8501 denied part of its catalog {who}")
+    assert "so the inventory misses hosts: a; b. The token needs node:read and service:read" in message

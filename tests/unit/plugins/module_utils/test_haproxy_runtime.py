@@ -177,3 +177,33 @@ def test_a_node_that_does_not_answer_is_named(tmp_path):
         rt = hr.HAProxyRuntime(path, name="lb3", timeout=0.2)
         with pytest.raises(SkynetError, match=r"HAProxy node lb3 .* did not answer `show stat` within 0.2s"):
             rt.show_stat()
+
+
+@pytest.mark.parametrize(
+    ("call", "args"),
+    [
+        ("set_map", ("/m/live.map", "web;show", "web_green")),
+        ("set_map", ("/m/live.map", "web", "web_green\nshutdown frontend web")),
+        ("add_map", ("/m/live.map", "we b", "web_green")),
+        ("add_map", ("/m/li ve.map", "web", "web_green")),
+        ("del_map", ("/m/live.map", "web\r")),
+        ("show_map", ("/m/live.map;show stat",)),
+        ("servers", ("web_green; disable server web_green/web_green1",)),
+        ("command", ("show stat\nshutdown sessions",)),
+    ],
+)
+def test_unsafe_words_never_reach_the_socket(fake, call, args):
+    runtime = hr.HAProxyRuntime(fake.path)
+    with pytest.raises(SkynetError, match=r"runtime API|refusing to send"):
+        getattr(runtime, call)(*args)
+    assert fake.commands == []
+    assert fake.maps["/m/live.map"] == {"web": "web_blue"}
+
+
+@pytest.mark.parametrize(("key", "value"), [("web\n", "web_green"), ("web", "web_green api api_blue"), ("a;b", "x")])
+def test_map_files_refuse_unsafe_words(tmp_path, key, value):
+    path = tmp_path / "live.map"
+    path.write_text("web web_blue\n")
+    with pytest.raises(SkynetError, match="cannot be sent to HAProxy's runtime API"):
+        hr.write_map_file(str(path), key, value)
+    assert path.read_text() == "web web_blue\n"

@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
 
 import pytest
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._policy import State, decide, parse_policy
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._policy import (
+    MAX_NEW_PER_CYCLE,
+    State,
+    Unavailable,
+    decide,
+    parse_policy,
+)
 
 NOW = 1_000_000.0
 MONDAY_10 = datetime(2026, 11, 23, 10, 0)
@@ -42,7 +49,8 @@ def run(*args, **kw):
         (4, 45, 4, "hold"),
         (4, 30, 3, "scale_in"),  # ceil(4 x 30 / 50) = 3
         (4, 0, 1, "scale_in"),  # never below min
-        (1, 1000, 6, "scale_out"),  # never above max
+        (4, 1000, 6, "scale_out"),  # never above max
+        (1, 1000, 5, "scale_out"),  # one decision adds at most max(100 % of current, 4)
         (0, 120, 3, "scale_out"),  # no instance: the value is read as a total
     ],
 )
@@ -62,11 +70,33 @@ def test_held_at_max_is_said():
     assert d.action == "hold" and "held at max 6" in d.reason
 
 
-@pytest.mark.parametrize(("value", "desired"), [(None, 3), (math.nan, 3)])
-def test_a_missing_metric_holds_capacity(value, desired):
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (None, "rps: metric missing: holding capacity"),
+        (math.nan, "rps: metric missing (value NaN is not finite): holding capacity"),
+        (math.inf, "rps: metric missing (value +Inf is not finite): holding capacity"),
+        (-math.inf, "rps: metric missing (value -Inf is not finite): holding capacity"),
+    ],
+)
+def test_a_missing_or_non_finite_metric_holds_capacity(value, said):
     d = run(policy(), 3, {"rps": value})
-    assert d.desired == desired and d.action == "hold"
-    assert "metric missing: holding capacity" in d.reason
+    assert (d.desired, d.action, d.reason) == (3, "hold", said)
+    assert d.missing == ("rps",) and d.outage is None
+    # The decision goes to Ansible and Consul KV as JSON: no Infinity or NaN in it.
+    assert json.loads(json.dumps(d.as_dict(), allow_nan=False))["metrics"] == {"rps": None}
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan, None])
+def test_a_non_finite_metric_with_on_missing_ignore_lets_other_checks_decide(value):
+    p = policy(
+        checks=[
+            {"name": "rps", "query": "q", "target": 50},
+            {"name": "cpu", "query": "c", "target": 0.5, "on_missing": "ignore"},
+        ]
+    )
+    d = run(p, 4, {"rps": 25, "cpu": value})
+    assert d.desired == 2 and d.missing == ("cpu",)
 
 
 def test_a_missing_metric_never_scales_to_min_but_does_not_block_scale_out():
@@ -184,8 +214,11 @@ def test_scale_out_is_not_delayed_by_stabilization():
     [
         ({"max_step": 1}, 1, 200, 2),
         ({"max_step": 2}, 6, 0, 4),
-        ({"max_step_percent": 50}, 2, 300, 3),
+        ({"max_step_percent": 50, "min_step": 1}, 2, 300, 3),
+        ({"max_step_percent": 50}, 2, 300, 6),  # min_step 4 allows more than 50 % of 2
         ({"max_step": 3, "max_step_percent": 50}, 4, 500, 6),
+        ({"max_step_percent": 50}, 6, 0, 3),  # an explicit percent bounds scale-in too
+        ({}, 6, 0, 1),  # scale-in has no default bound
     ],
 )
 def test_step_limit(kw, current, value, desired):
@@ -242,3 +275,196 @@ def test_invalid_policies_are_rejected_with_a_clear_message(raw, message):
 def test_a_value_given_as_none_is_a_missing_metric():
     p = parse_policy("web", {"max": 3, "checks": [{"name": "rps", "value": None, "target": 50}]})
     assert p.checks[0].value is None
+
+
+BIG = {"max": 1_000_000, "min": 0}
+
+
+@pytest.mark.parametrize(
+    ("kw", "current", "desired", "said"),
+    [
+        ({}, 0, 4, "step limited to 4 (the larger of 100% of 0 and min_step 4)"),
+        ({}, 1, 5, "step limited to 4"),
+        ({}, 4, 8, "step limited to 4"),
+        ({}, 10, 20, "step limited to 10 (the larger of 100% of 10 and min_step 4)"),
+        ({}, 60, 60 + MAX_NEW_PER_CYCLE, "at most 50 new instances per cycle"),
+        ({"max_step_percent": 1000}, 10, 10 + MAX_NEW_PER_CYCLE, "at most 50 new instances per cycle"),
+        ({"max_step_percent": 300}, 10, 40, "step limited to 30"),  # widened
+        ({"max_step": 2}, 10, 12, "step limited to 2 (max_step)"),  # narrowed
+        ({"min_step": 1}, 1, 2, "step limited to 1"),
+        ({"max_step": 1_000_000}, 3, 7, "step limited to 4"),  # max_step alone does not widen
+        ({"min": 200}, 0, MAX_NEW_PER_CYCLE, "at most 50 new instances per cycle"),  # even a min floor
+    ],
+)
+def test_one_decision_adds_a_bounded_number_of_instances(kw, current, desired, said):
+    p = policy(**{**BIG, **kw})
+    d = run(p, current, {"rps": 1e9})
+    assert (d.desired, d.action) == (desired, "scale_out")
+    assert said in d.reason
+
+
+@pytest.mark.parametrize(
+    ("check", "current", "value"),
+    [
+        ({"target": 50}, 4, 1e308),  # current x value overflows to inf
+        ({"target": 1e-300}, 4, 1e300),  # value / target overflows to inf
+        ({"target": 50, "aggregate": "total"}, 4, 1.7e308),
+        ({"target": 1e-300}, 0, 1e300),
+        ({"target": 50}, 4, -1e308),
+        ({"strategy": "step", "steps": [{"lower": 0, "adjust": 1_000_000}]}, 4, 1e308),
+        ({"strategy": "step", "steps": [{"upper": 0, "adjust": -100, "unit": "percent"}]}, 4, -1e308),
+    ],
+)
+def test_huge_finite_values_are_clamped_not_crashed(check, current, value):
+    p = policy(**BIG, checks=[{"name": "rps", "query": "q", **check}])
+    d = run(p, current, {"rps": value})
+    assert 0 <= d.desired <= current + MAX_NEW_PER_CYCLE
+    assert d.missing == ()
+
+
+@pytest.mark.parametrize(
+    ("aggregate", "current", "value", "said"),
+    [
+        ("total", 4, 20, "rps: total 20 for 4 instances = 5 per instance, within 10% of target 5"),
+        ("total", 1, 20, "rps: total 20 for 1 instance = 20 per instance, target 5: ceil(20 / 5) = 4"),
+        ("total", 4, 2, "rps: total 2 for 4 instances = 0.5 per instance, target 5: ceil(2 / 5) = 1"),
+        ("average", 4, 5.25, "rps: 5.25 per instance for 4 instances, within 10% of target 5"),
+        ("average", 4, 10, "rps: 10 per instance for 4 instances, target 5: ceil(4 x 10 / 5) = 8"),
+        ("average", 0, 12, "rps: 12 for 0 instances read as a total, target 5: ceil(12 / 5) = 3"),
+        ("total", 0, 1e9, "rps: 1e+09 for 0 instances read as a total, target 5: ceil(1e+09 / 5) = over 1000000"),
+        (
+            "average",
+            4,
+            1e308,
+            "rps: 1e+308 per instance for 4 instances, target 5: ceil(4 x 1e+308 / 5) = over 1000000",
+        ),
+    ],
+)
+def test_reasons_state_the_arithmetic(aggregate, current, value, said):
+    p = policy(max=20, checks=[{"name": "rps", "query": "q", "target": 5, "aggregate": aggregate}])
+    assert run(p, current, {"rps": value}).reason.startswith(said)
+
+
+OUTAGE = Unavailable("Prometheus at http://127.0.0.1:9 is unreachable: Connection refused")
+TWO = [
+    {"name": "rps", "query": "q", "target": 50},
+    {"name": "cpu", "query": "c", "target": 0.5, "on_missing": "ignore"},
+]
+
+
+@pytest.mark.parametrize(
+    ("current", "rps", "cpu", "desired"),
+    [
+        (3, OUTAGE, OUTAGE, 3),  # nothing answered: hold
+        (3, 1, OUTAGE, 3),  # rps says scale in: never on partial data, even with on_missing ignore
+        (3, OUTAGE, 0.01, 3),
+        (3, 200, OUTAGE, 6),  # a scale-out allowed by the check that answered
+        (0, OUTAGE, OUTAGE, 2),  # the min floor needs no metric
+        (9, OUTAGE, OUTAGE, 6),  # nor does max
+    ],
+)
+def test_an_unavailable_metric_always_holds_and_is_reported(current, rps, cpu, desired):
+    p = policy(min=2, checks=TWO)
+    d = run(p, current, {"rps": rps, "cpu": cpu})
+    assert d.desired == desired
+    unavailable = [n for n, v in (("rps", rps), ("cpu", cpu)) if isinstance(v, Unavailable)]
+    assert d.missing == tuple(unavailable) and d.outage == str(OUTAGE)
+    assert "metric unavailable (Prometheus at http://127.0.0.1:9 is unreachable" in d.reason
+    assert all(d.metrics[n] is None for n in unavailable)
+
+
+def test_outages_of_several_checks_are_named_once_each():
+    other = Unavailable("Prometheus at http://127.0.0.1:9 failed to evaluate the query 'c': boom")
+    d = run(policy(checks=TWO), 3, {"rps": OUTAGE, "cpu": other})
+    assert d.outage == f"{other}; {OUTAGE}"
+    d = run(policy(checks=TWO), 3, {"rps": OUTAGE, "cpu": OUTAGE})
+    assert d.outage == str(OUTAGE)
+
+
+def test_schedule_floors_need_no_metric():
+    checks = [*TWO, {"name": "office", "strategy": "schedule", "windows": [{"min": 4}]}]
+    d = run(policy(checks=checks), 2, {"rps": OUTAGE, "cpu": OUTAGE})
+    assert (d.desired, d.action, d.missing) == (4, "scale_out", ("rps", "cpu"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"max": math.inf}, "service web: max must be a finite number, got inf"),
+        ({"max": math.nan}, "service web: max must be a finite number, got nan"),
+        ({"max": 1_000_001}, "service web: max must be 1000000 or less"),
+        ({"min": math.inf}, "service web: min must be a finite number"),
+        ({"min": 1.5}, "service web: min must be a whole number"),
+        ({"cooldown_up": math.inf}, "service web: cooldown_up must be a finite number"),
+        ({"cooldown_up": -1}, "service web: cooldown_up must be 0 or more"),
+        ({"cooldown_down": 86_401}, "service web: cooldown_down must be 86400 or less"),
+        ({"stabilization_window": math.nan}, "service web: stabilization_window must be a finite number"),
+        ({"stabilization_window": 3601}, "service web: stabilization_window must be 3600 or less"),
+        ({"max_step": 0}, "service web: max_step must be 1 or more"),
+        ({"max_step": math.inf}, "service web: max_step must be a finite number"),
+        ({"max_step_percent": math.nan}, "service web: max_step_percent must be a finite number"),
+        ({"max_step_percent": 0.5}, "service web: max_step_percent must be 1 or more"),
+        ({"max_step_percent": 10_001}, "service web: max_step_percent must be 10000 or less"),
+        ({"min_step": 0}, "service web: min_step must be 1 or more"),
+        ({"min_step": 51}, "service web: min_step must be 50 or less"),
+        ({"checks": [{"name": "rps", "query": "q", "target": math.inf}]}, "check rps: target must be a finite"),
+        ({"checks": [{"name": "rps", "query": "q", "target": math.nan}]}, "check rps: target must be a finite"),
+        ({"checks": [{"name": "rps", "query": "q", "target": 5, "tolerance": 1}]}, "tolerance must be below 1"),
+        ({"checks": [{"name": "rps", "query": "q", "target": 5, "tolerance": -0.1}]}, "tolerance must be 0 or"),
+        ({"checks": [{"name": "rps", "query": "q", "target": 5, "tolerance": math.inf}]}, "tolerance must be a fin"),
+        (
+            {"checks": [{"name": "s", "query": "q", "steps": [{"upper": math.inf, "adjust": 1}]}]},
+            r"check s: steps\[0\].upper must be a finite number, got inf \(leave lower or upper out for no bound\)",
+        ),
+        (
+            {"checks": [{"name": "s", "query": "q", "steps": [{"lower": math.nan, "adjust": 1}]}]},
+            r"steps\[0\].lower must be a finite number",
+        ),
+        (
+            {"checks": [{"name": "s", "query": "q", "steps": [{"adjust": math.inf}]}]},
+            r"steps\[0\].adjust must be a fin",
+        ),
+        (
+            {"checks": [{"name": "s", "query": "q", "steps": [{"adjust": 2e6}]}]},
+            r"steps\[0\].adjust must be 1000000 or less",
+        ),
+        (
+            {"checks": [{"name": "s", "query": "q", "steps": [{"adjust": -200, "unit": "percent"}]}]},
+            r"steps\[0\].adjust must be -100 or more",
+        ),
+        (
+            {"checks": [{"name": "o", "strategy": "schedule", "windows": [{"min": math.inf}]}]},
+            r"check o: windows\[0\].min must be a finite number",
+        ),
+        (
+            {"checks": [{"name": "o", "strategy": "schedule", "windows": [{"min": 2_000_000}]}]},
+            r"windows\[0\].min must be 1000000 or less",
+        ),
+        ({"checks": [{"name": "rps", "value": "much", "target": 5}]}, "check rps: value must be a number"),
+    ],
+)
+def test_absurd_numbers_are_rejected_naming_the_field(raw, message):
+    with pytest.raises(SkynetError, match=message):
+        parse_policy("web", {"min": 1, "max": 6, "checks": [{"name": "rps", "query": "q", "target": 50}], **raw})
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_a_non_finite_value_given_by_the_playbook_is_a_missing_metric(value):
+    p = parse_policy("web", {"max": 3, "checks": [{"name": "rps", "value": value, "target": 50}]})
+    d = run(p, 2, {"rps": p.checks[0].value})
+    assert (d.action, d.missing) == ("hold", ("rps",))
+
+
+def test_the_ceilings_themselves_are_accepted():
+    p = parse_policy(
+        "web",
+        {
+            "max": 1_000_000,
+            "min_step": MAX_NEW_PER_CYCLE,
+            "max_step_percent": 10_000,
+            "cooldown_down": 86_400,
+            "stabilization_window": 3600,
+            "checks": [{"name": "rps", "query": "q", "target": 50, "tolerance": 0.99}],
+        },
+    )
+    assert (p.max, p.min_step, p.max_step_percent) == (1_000_000, 50, 10_000)

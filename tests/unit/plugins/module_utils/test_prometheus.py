@@ -8,6 +8,7 @@ import pytest
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus import (
     PrometheusClient,
+    QueryRejected,
     convert_result,
     is_empty,
     normalize_url,
@@ -169,6 +170,17 @@ def test_read_answer_failures(status, text, message):
         read_answer(status, text, WHERE, "sum(up")
     assert str(caught.value).startswith(WHERE)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "rejected"),
+    [(400, "bad_data", True), (422, "execution", False), (503, "timeout", False), (503, "unavailable", False)],
+)
+def test_only_bad_data_is_a_rejected_query(status, kind, rejected):
+    """skynet_scale fails a policy whose query Prometheus rejects before any change; other errors hold."""
+    with pytest.raises(SkynetError) as caught:
+        read_answer(status, _body(status="error", errorType=kind, error="e"), WHERE, "sum(up")
+    assert isinstance(caught.value, QueryRejected) is rejected
 
 
 def test_read_answer_success_gives_the_data():

@@ -7,8 +7,11 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._registrator impo
     Container,
     Metrics,
     Port,
+    Registrator,
+    StatsPoller,
     container_from_inspect,
     container_labels,
+    container_service,
     desired_registrations,
     diff,
     event_action,
@@ -17,6 +20,8 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._registrator impo
     parse_args,
     registrations,
     service_metadata,
+    stats_series,
+    stats_values,
 )
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import registration
 
@@ -446,3 +451,197 @@ def test_cli_rejects(argv, message, capsys):
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+# What Podman 4.3 (runc, hybrid cgroups) answered here to GET /containers/{id}/stats?stream=false.
+PODMAN_STATS = {
+    "cpu_stats": {"cpu_usage": {"total_usage": 82803397, "percpu_usage": [31448922, 51354475]}, "online_cpus": 2},
+    "memory_stats": {"usage": 1101824, "limit": 25275990016},
+    "networks": {"network": {"rx_bytes": 1063, "tx_bytes": 1890}},
+}
+# Docker Engine on cgroup v2: page cache in memory_stats.stats, one entry per network.
+DOCKER_STATS = {
+    "cpu_stats": {"cpu_usage": {"total_usage": 2_500_000_000}},
+    "memory_stats": {"usage": 50_000_000, "stats": {"inactive_file": 20_000_000}},
+    "networks": {"eth0": {"rx_bytes": 100, "tx_bytes": 10}, "eth1": {"rx_bytes": 5, "tx_bytes": 1}},
+}
+
+
+@pytest.mark.parametrize(
+    ("stats", "expected"),
+    [
+        (
+            PODMAN_STATS,
+            {
+                "skynet_container_cpu_seconds_total": 0.082803397,
+                "skynet_container_memory_bytes": 1101824,
+                "skynet_container_network_receive_bytes_total": 1063,
+                "skynet_container_network_transmit_bytes_total": 1890,
+            },
+        ),
+        (
+            DOCKER_STATS,
+            {
+                "skynet_container_cpu_seconds_total": 2.5,
+                "skynet_container_memory_bytes": 30_000_000,
+                "skynet_container_network_receive_bytes_total": 105,
+                "skynet_container_network_transmit_bytes_total": 11,
+            },
+        ),
+        # cgroup v1 names the cache total_inactive_file; a cache above usage leaves usage as it is.
+        ({"memory_stats": {"usage": 10, "stats": {"total_inactive_file": 4}}}, {"skynet_container_memory_bytes": 6}),
+        ({"memory_stats": {"usage": 10, "stats": {"inactive_file": 40}}}, {"skynet_container_memory_bytes": 10}),
+        # What the engine does not report is missing, never 0: a stopped container, no network.
+        ({"cpu_stats": {}, "memory_stats": {}, "networks": None}, {}),
+        (
+            {"cpu_stats": {"cpu_usage": {"total_usage": None}}, "networks": {"lo": {"rx_bytes": 1}}},
+            {"skynet_container_network_receive_bytes_total": 1},
+        ),
+        ({"cpu_stats": {"cpu_usage": {"total_usage": True}}, "memory_stats": {"usage": -1}}, {}),
+    ],
+)
+def test_stats_values(stats, expected):
+    assert stats_values(stats) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("env", "labels", "expected"),
+    [
+        ({}, {"io.skynet.service": "web"}, "web"),
+        ({"SERVICE_NAME": "db"}, {}, "db"),
+        ({"SERVICE_NAME": "db"}, {"io.skynet.service": "web"}, "web"),
+        ({"SERVICE_NAME": "db", "SERVICE_IGNORE": "true"}, {}, ""),
+        ({"PATH": "/bin"}, {}, ""),
+    ],
+)
+def test_container_service(env, labels, expected):
+    assert container_service(container(env=env, labels=labels)) == expected
+
+
+def test_stats_series_are_labelled_with_service_color_and_container():
+    web = container(labels={"io.skynet.service": "web", "io.skynet.color": "green"})
+    other = container(cid="f" * 64)
+    series = stats_series([(web, stats_values(DOCKER_STATS)), (other, stats_values(DOCKER_STATS))])
+    labels = (("color", "green"), ("container", CID[:12]), ("service", "web"))
+    assert series["skynet_container_cpu_seconds_total"] == {labels: 2.5}
+    assert series["skynet_container_memory_bytes"] == {labels: 30_000_000}
+    metrics = Metrics()
+    metrics.set("skynet_container_cpu_seconds_total", 1.0, service="gone", color="", container="0" * 12)
+    for family, values in series.items():
+        metrics.replace(family, values)
+    text = metrics.render()
+    assert 'skynet_container_cpu_seconds_total{color="green",container="0123456789ab",service="web"} 2.5' in text
+    assert 'service="gone"' not in text, "a container that went takes its series along"
+    assert "# TYPE skynet_container_cpu_seconds_total counter" in text
+
+
+class FakeAPI:
+    """The three Docker API calls StatsPoller makes, answered from `running`; each call advances the clock."""
+
+    def __init__(self, clock, running):
+        self.clock, self.running, self.seconds = clock, running, 0.0
+        self.inspected = []
+
+    def containers(self, filters):
+        return [{"Id": cid} for cid in self.running]
+
+    def inspect_container(self, cid):
+        self.clock[0] += self.seconds
+        self.inspected.append(cid)
+        return {"Id": cid, "State": {"Running": True}, "Config": {"Labels": self.running[cid]}}
+
+    def stats(self, cid, stream, one_shot):
+        self.clock[0] += self.seconds
+        return {"cpu_stats": {"cpu_usage": {"total_usage": len(self.inspected) * 10**9}}}
+
+
+def poller(api, clock, timeout=5.0):
+    p = StatsPoller("unix:///nowhere.sock", Metrics(), interval=1, timeout=timeout, clock=lambda: clock[0])
+    p._api = lambda: api
+    return p
+
+
+def test_stats_poller_inspects_once_drops_what_went_and_stays_within_its_time():
+    clock = [0.0]
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    api = FakeAPI(clock, {a: {"io.skynet.service": "web"}, b: {"io.skynet.service": "web"}, c: {}})
+    p = poller(api, clock)
+    assert p.poll() == 3
+    assert p.poll() == 3
+    assert api.inspected == [a, b, c], "each container is inspected once"
+    cpu = p.metrics.render()
+    assert cpu.count("skynet_container_cpu_seconds_total{") == 2, "the container without a service is left out"
+    del api.running[b]
+    p.poll()
+    assert 'container="bbbbbbbbbbbb"' not in p.metrics.render()
+
+    # Each call takes 2 s of a 5 s round: a container not reached in time keeps its last values.
+    clock[0], api.seconds = 0.0, 2.0
+    d, e = "d" * 64, "e" * 64
+    api.running = {d: {"io.skynet.service": "db"}, e: {}, a: {"io.skynet.service": "web"}}
+    before = p.metrics.get("skynet_container_cpu_seconds_total", color="", container=a[:12], service="web")
+    assert p.poll() == 2
+    assert clock[0] == 6.0, "inspect and stats of d, inspect of e; the round is over before a"
+    assert p.metrics.get("skynet_container_cpu_seconds_total", color="", container=a[:12], service="web") == before
+    assert p.metrics.get("skynet_container_cpu_seconds_total", color="", container=d[:12], service="db") > 0
+
+
+@pytest.mark.parametrize(
+    ("env", "labels", "why"),
+    [
+        ({"SERVICE_NAME": "../evil"}, {}, "service name '../evil' is not a valid service name"),
+        ({"SERVICE_NAME": "web;reload"}, {}, "service name 'web;reload'"),
+        ({"SERVICE_NAME": "Web"}, {}, "service name 'Web'"),
+        ({"SERVICE_NAME": "a" * 64}, {}, "is not a valid service name"),
+        ({}, {"io.skynet.service": "we b"}, "service name 'we b'"),
+        ({"SERVICE_NAME": "web", "SERVICE_TAGS": "ok,{{ x }}"}, {}, "SERVICE_TAGS[1] '{{ x }}' is not a valid tag"),
+        ({"SERVICE_NAME": "web", "SERVICE_TAGS": "green"}, {}, "SERVICE_TAGS[0] 'green' is not a valid tag"),
+        ({"SERVICE_NAME": "web"}, {"io.skynet.color": "red"}, "label io.skynet.color 'red' is not a valid color"),
+    ],
+)
+def test_invalid_names_are_refused_and_reported(env, labels, why):
+    rejected = []
+    assert registrations(container(env, labels), ADDRESS, HOST, rejected) == []
+    ((short, message),) = rejected
+    assert short == CID[:12]
+    assert message.startswith(f"container eager_turing ({CID[:12]}) port 8080: ")
+    assert why in message
+
+
+def test_a_port_name_that_grows_past_63_characters_is_refused():
+    rejected = []
+    name = "a" * 60
+    bodies = registrations(
+        container({"SERVICE_NAME": name}, ports=((8080, 40001), (9090, 40002))), ADDRESS, HOST, rejected
+    )
+    assert bodies == [] and len(rejected) == 2
+    assert f"'{name}-8080' is not a valid service name" in rejected[0][1]
+
+
+def test_a_refused_container_leaves_the_others_registered():
+    other = "fedcba987654" + "0" * 52
+    rejected = []
+    containers = [container({"SERVICE_NAME": "bad name"}), container({"SERVICE_NAME": "web"}, cid=other)]
+    assert sorted(desired_registrations(containers, ADDRESS, HOST, rejected=rejected)) == ["skynet-web-fedcba987654"]
+    assert [short for short, _message in rejected] == [CID[:12]]
+
+
+def test_the_daemon_logs_and_counts_a_refusal_once_and_forgets_gone_containers():
+    class Log:
+        def __init__(self):
+            self.warnings = []
+
+        def warning(self, fmt, *args):
+            self.warnings.append(fmt % args)
+
+    log, metrics = Log(), Metrics()
+    daemon = Registrator("unix:///nowhere.sock", consul_client=None, metrics=metrics, log=log)
+    refusal = [(CID[:12], "container x port 8080: service name 'a b' is not a valid service name")]
+    for _resync in range(3):
+        daemon._refused(refusal, running={CID[:12]})
+    assert metrics.get("skynet_registrator_rejected_total") == 1
+    assert metrics.get("skynet_registrator_rejected") == 1
+    assert log.warnings == ["not registering " + refusal[0][1]]
+    daemon._refused([], running=set())
+    assert metrics.get("skynet_registrator_rejected") == 0
+    assert "skynet_registrator_rejected_total 1" in metrics.render()

@@ -1,0 +1,56 @@
+"""The collection's own monitoring path on a Stack: HAProxy on the config the haproxy role renders,
+Prometheus with the rules the prometheus role renders, skynet-registrator exporting container stats.
+The demo and the end-to-end tests scale on the recording rules these give, as users do."""
+
+from __future__ import annotations
+
+import sys
+
+import requests
+
+from .proc import free_port
+from .rules import render_rules
+from .stack import ROOT, Consul, Engine, Prometheus, Stack
+
+REGISTRATOR = ROOT / "roles" / "registrator" / "files" / "skynet-registrator"
+
+
+def start_registrator(stack: Stack, engine: Engine, consul: Consul, stats_interval: float = 1.0) -> str:
+    """skynet-registrator on the engine, as the registrator role runs it; the HOST:PORT of its /metrics."""
+    address = f"127.0.0.1:{free_port()}"
+    argv = [
+        sys.executable,
+        REGISTRATOR,
+        f"--docker-host={engine.docker_host}",
+        f"--consul-url={consul.url}",
+        "--host-id=registrator-1",
+        f"--metrics-address={address}",
+        f"--stats-interval={stats_interval}",
+        "--resync-interval=5",
+    ]
+    proc = stack.start("registrator", argv, env={"PYTHONPATH": str(ROOT / ".build" / "collections")})
+    proc.wait_ready(lambda: requests.get(f"http://{address}/metrics", timeout=2).ok, timeout=30)
+    return address
+
+
+def start_prometheus(
+    stack: Stack,
+    services: list,
+    jobs: dict,
+    rate_window: str = "10s",
+    alertmanager_url: str | None = None,
+    extra_scrape_configs: tuple = (),
+    name: str = "prometheus",
+) -> Prometheus:
+    """Prometheus scraping each job's /metrics targets ({job: [HOST:PORT, ...]}) every second, with
+    the prometheus role's rules for these service definitions."""
+    rules = render_rules(stack.path(name, "rules", ".keep").parent, services, prometheus_rate_window=rate_window)
+    scrape = [{"job_name": job, "static_configs": [{"targets": list(targets)}]} for job, targets in jobs.items()]
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [*scrape, *extra_scrape_configs],
+    }
+    if alertmanager_url:
+        target = alertmanager_url.split("//", 1)[-1]
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [target]}]}]}
+    return stack.prometheus(config, rules=rules, name=name)

@@ -1,0 +1,168 @@
+"""roles/prometheus as its templates render, run by the real daemons: the rendering playbook, the
+components of one rendered variant started on loopback, and a webhook receiver for Alertmanager."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import requests
+
+from .proc import wait_for
+from .stack import ROOT, Stack
+
+ROLE = ROOT / "roles" / "prometheus"
+
+# One inventory host per variant; include_vars outranks the role's files, loaded as vars_files.
+PLAYBOOK = """
+- name: Render the configuration of roles/prometheus
+  hosts: all
+  connection: local
+  gather_facts: false
+  vars_files: [@ROLE@/defaults/main.yml, @ROLE@/vars/main.yml]
+  tasks:
+    - name: Load the variables of the variant
+      ansible.builtin.include_vars:
+        file: "@WORKDIR@/{{ inventory_hostname }}.json"
+
+    - name: Render the role's templates
+      ansible.builtin.template:
+        src: "@ROLE@/templates/{{ item.src }}"
+        dest: "{{ item.dest }}"
+        mode: "0644"
+      loop:
+        - {src: "{{ prometheus_config_template }}", dest: "{{ _prometheus_config_file }}"}
+        - {src: "{{ prometheus_rules_template }}", dest: "{{ _prometheus_rules_file }}"}
+        - {src: "{{ prometheus_alertmanager_config_template }}", dest: "{{ _prometheus_alertmanager_config_file }}"}
+
+    - name: Write the command lines of the role's units
+      ansible.builtin.copy:
+        dest: "{{ prometheus_config_dir }}/commands.json"
+        mode: "0644"
+        content: >-
+          {{ {'prometheus': [_prometheus_binary] + _prometheus_args,
+              'alertmanager': [_prometheus_alertmanager_binary] + _prometheus_alertmanager_args,
+              'node_exporter': [_prometheus_node_exporter_binary] + _prometheus_node_exporter_args} | to_json }}
+"""
+
+
+def ansible_playbook(
+    playbook: Path, inventory: str, extra: str = "", timeout: float = 180
+) -> subprocess.CompletedProcess:
+    argv = ["ansible-playbook", "-i", inventory, str(playbook), "-e", f"ansible_python_interpreter={sys.executable}"]
+    out = subprocess.run(
+        [*argv, *(["-e", extra] if extra else [])],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
+    if out.returncode:
+        raise AssertionError(f"ansible-playbook {playbook.name} failed:\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+class Rendered:
+    def __init__(self, root: Path):
+        self.root, self.etc = root, root / "etc"
+        self.commands = json.loads((self.etc / "commands.json").read_text())
+
+    def arg(self, daemon: str, flag: str) -> str:
+        return next(a.split("=", 1)[1] for a in self.commands[daemon] if a.startswith(flag + "="))
+
+
+def render(workdir: Path, variants: dict) -> dict:
+    """Renders the role's configuration of each variant (name: variables) into workdir/NAME in one run."""
+    for name, variables in variants.items():
+        (workdir / name / "etc" / "rules").mkdir(parents=True, exist_ok=True)
+        config = {"prometheus_config_dir": str(workdir / name / "etc"), **variables}
+        (workdir / f"{name}.json").write_text(json.dumps(config))
+    playbook = workdir / "render.yml"
+    playbook.write_text(PLAYBOOK.replace("@ROLE@", str(ROLE)).replace("@WORKDIR@", str(workdir)))
+    ansible_playbook(playbook, ",".join(variants) + ",")
+    return {name: Rendered(workdir / name) for name in variants}
+
+
+class Monitoring:
+    """The daemons of one rendered variant, started through a stack (which stops them)."""
+
+    def __init__(self, stack: Stack, rendered: Rendered, node_exporter: bool = False):
+        self.rendered = rendered
+        self.url = f"http://{rendered.arg('prometheus', '--web.listen-address')}"
+        am = rendered.arg("alertmanager", "--web.listen-address")
+        if node_exporter:
+            node = rendered.arg("node_exporter", "--web.listen-address")
+            stack.start("node_exporter", rendered.commands["node_exporter"]).wait_ready(
+                lambda: requests.get(f"http://{node}/metrics", timeout=2).ok
+            )
+        stack.start("alertmanager", rendered.commands["alertmanager"]).wait_ready(
+            lambda: requests.get(f"http://{am}/-/ready", timeout=2).ok
+        )
+        stack.start("prometheus", rendered.commands["prometheus"]).wait_ready(
+            lambda: requests.get(f"{self.url}/-/ready", timeout=2).ok
+        )
+
+    def query(self, promql: str) -> list:
+        answer = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=5)
+        answer.raise_for_status()
+        return answer.json()["data"]["result"]
+
+    def wait_query(self, promql: str, timeout: float = 30) -> list:
+        return wait_for(lambda: self.query(promql), timeout, f"Prometheus to answer {promql!r}", interval=0.5)
+
+    def alerts(self, name: str, state: str = "firing") -> list[dict]:
+        """Labels of the alerts named `name` Prometheus holds in `state` now."""
+        return [a["metric"] for a in self.query(f'ALERTS{{alertname="{name}", alertstate="{state}"}}')]
+
+
+class Receiver:
+    """A webhook on loopback that keeps what Alertmanager posts to it."""
+
+    def __init__(self):
+        self.posts = []
+        received = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append((self.path.strip("/"), json.loads(body)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format, *args):
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def alerts(self, path: str, name: str, status: str = "firing", **labels) -> list[dict]:
+        """The alerts named `name` in `status` posted to /path, with these labels."""
+        return [
+            a
+            for where, post in list(self.posts)
+            if where == path
+            for a in post["alerts"]
+            if a["labels"].get("alertname") == name
+            and a["status"] == status
+            and all(a["labels"].get(k) == v for k, v in labels.items())
+        ]
+
+    def wait(self, path: str, name: str, timeout: float = 60, **labels) -> dict:
+        what = f"{name} {labels} firing at the webhook"
+        return wait_for(lambda: self.alerts(path, name, **labels), timeout, what, interval=0.5)[0]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
