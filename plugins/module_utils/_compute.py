@@ -50,6 +50,24 @@ class Spec:
     labels: dict = field(default_factory=dict)
 
 
+def make_spec(service, color, image="", port=8080, env=None, command=None, memory=None, cpus=None, host_port=0):
+    """The Spec of one color of a service from module options or a service definition (the one place one is built).
+
+    Environment values become strings, absent values their defaults, so equal inputs give equal specs.
+    """
+    return Spec(
+        service=service,
+        color=color,
+        image=image or "",
+        port=int(8080 if port is None else port),
+        env={str(k): str(v) for k, v in (env or {}).items()},
+        command=tuple(command or ()),
+        host_port=int(host_port or 0),
+        memory=memory or "",
+        cpus=float(cpus or 0),
+    )
+
+
 class ComputeDriver(abc.ABC):
     """A provider of instances. Drivers raise SkynetError with a message naming the provider."""
 

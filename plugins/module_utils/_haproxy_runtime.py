@@ -152,6 +152,10 @@ def write_map_file(path, key, value):
     return True
 
 
+class NotDelivered(SkynetError):
+    """The node could not be reached: the command never got to HAProxy, so it changed nothing."""
+
+
 class HAProxyRuntime:
     """Commands on one HAProxy node's admin socket; errors are SkynetError naming the node."""
 
@@ -177,7 +181,12 @@ class HAProxyRuntime:
         try:
             with socket.socket(family, socket.SOCK_STREAM) as sock:
                 sock.settimeout(self.timeout)
-                sock.connect(self.target)
+                try:
+                    sock.connect(self.target)
+                except OSError as e:
+                    raise NotDelivered(
+                        f"{self.where} is unreachable on its admin socket {self.address}: {e.strerror or e}"
+                    ) from e
                 sock.sendall(cmd.encode() + b"\n")
                 chunks = []
                 while True:

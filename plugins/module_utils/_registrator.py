@@ -733,8 +733,8 @@ class StatsPoller:
     """Exports the Docker API's stats of every running container that names a service.
 
     It runs in a thread of its own with a Docker client of its own, so a slow engine never
-    delays registrations. One round is bounded by `timeout` seconds: containers not reached in
-    time keep the values of their last round.
+    delays registrations. Each call to the engine is bounded by `timeout` seconds, and no call
+    starts after a round has taken that long: containers not reached keep their last values.
     """
 
     def __init__(self, docker_host, metrics, interval=10.0, timeout=5.0, log=None, clock=time.monotonic):
@@ -775,6 +775,10 @@ class StatsPoller:
                 read += 1
             except docker.errors.NotFound:
                 continue
+            except docker.errors.APIError as e:
+                # One container the engine cannot report on (it is stopping, say) spoils no round.
+                self.metrics.inc("skynet_registrator_stats_errors_total")
+                self.log.debug("stats of container %s: %s", cid[:12], e)
         for gone in set(self._containers) - set(running):
             self._containers.pop(gone, None)
             self._values.pop(gone, None)

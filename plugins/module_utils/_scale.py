@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _names
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import Spec
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._lock import LOCK_PREFIX, ServiceLock
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._policy import (
@@ -36,15 +36,16 @@ RELEASE_DONE = ("done", "rolled_back", "aborted", "failed")
 
 
 def spec_of(definition, color, image=None):
-    return Spec(
-        service=definition["name"],
-        color=color,
-        image=image or definition.get("image") or "",
-        port=int(definition.get("port", 8080)),
-        env={k: str(v) for k, v in (definition.get("env") or {}).items()},
-        command=tuple(definition.get("command") or ()),
-        memory=definition.get("memory") or "",
-        cpus=float(definition.get("cpus") or 0),
+    d = definition
+    return make_spec(
+        d["name"],
+        color,
+        image or d.get("image"),
+        d.get("port"),
+        d.get("env"),
+        d.get("command"),
+        d.get("memory"),
+        d.get("cpus"),
     )
 
 
@@ -241,12 +242,19 @@ class Autoscaler:
         state_raw = state_raw if isinstance(state_raw, dict) else {}
         state = State.from_dict(state_raw)
         usable, uncounted, discard, drained, critical_since = self._triage(name, instances, state_raw, now)
-        decision, new_state = decide(policy, len(usable), values, state, now)
+        # Only passing instances count towards the decided number, so a failing one gets a replacement at
+        # once and is removed once it failed for unhealthy_after. Until its replacement has been started,
+        # the policy still sees it, so that a hold keeps the capacity the service had.
+        failing = uncounted + discard
+        covered = set(state_raw.get("replacement_started") or ()) & {i.id for i in failing}
+        current = len(usable) + len([i for i in failing if i.id not in covered])
+        decision, new_state = decide(policy, current, values, state, now)
         result = {**decision.as_dict(), "color": color, "applied": False, "error": None}
         replaced = [i.id for i in discard]
         total = int(state_raw.get("replacements_total") or 0) + len(replaced)
         result.update(
             running=len(instances),
+            passing=len(usable),
             unhealthy=[i.id for i in uncounted + discard],
             replaced=replaced,
             left_drained=[i.id for i in drained],
@@ -259,7 +267,10 @@ class Autoscaler:
                 f"{self.unhealthy_after:g}s: {', '.join(replaced)}"
             )
         if uncounted:
-            notes.append(f"not counting {len(uncounted)} failing instance(s): {', '.join(i.id for i in uncounted)}")
+            notes.append(
+                f"{len(uncounted)} instance(s) failing their health check, not counted: "
+                + ", ".join(i.id for i in uncounted)
+            )
         if drained:
             notes.append(f"removing {len(drained)} instance(s) an interrupted run left drained")
         if notes:
@@ -280,13 +291,18 @@ class Autoscaler:
         if check_mode or dry_run:
             return result
 
-        stored = {**new_state.as_dict(), "critical_since": critical_since, "replacements_total": total}
+        health_state = {
+            "critical_since": critical_since,
+            "replacement_started": sorted(i.id for i in failing),
+            "replacements_total": total,
+        }
+        stored = {**new_state.as_dict(), **health_state}
         # The cooldown is recorded before acting: a run that dies mid-change still counts as having scaled.
         lock.fence(f"recording the decision for {name}")
         if not self.registry.write_json(self._key(name, "state"), stored, cas=index):
             result["error"] = f"the scaling state of {name} changed under this run: nothing was changed"
             return result
-        if decision.action != "hold" or discard or drained:
+        if decision.action != "hold" or discard or drained or len(usable) < decision.desired:
             image = usable[-1].image if usable else (instances[-1].image if instances else None)
             desired = Desired(
                 spec=spec_of(definition, color, image),
@@ -306,10 +322,8 @@ class Autoscaler:
             lock.fence(f"recording the outcome for {name}")
             if result["error"]:
                 # A change that failed does not hold back the next attempt by a cooldown.
-                self.registry.write_json(
-                    self._key(name, "state"),
-                    {**state.as_dict(), "critical_since": critical_since, "replacements_total": total},
-                )
+                health_state["replacement_started"] = sorted(covered)
+                self.registry.write_json(self._key(name, "state"), {**state.as_dict(), **health_state})
             self.registry.write_json(self._key(name, "last"), result)
             if decision.action != "hold" or result["error"] or discard or drained:
                 history = self.registry.read_json(self._key(name, "history"), [])

@@ -163,7 +163,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _drivers, _names
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import Spec
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._service import (
@@ -211,16 +211,16 @@ def main():
         module.fail_json(msg=f"{e}; nothing was changed")
 
     desired = Desired(
-        spec=Spec(
-            service=p["service"],
-            color=p["color"],
-            image=p["image"] or "",
-            port=p["port"],
-            env={k: str(v) for k, v in p["env"].items()},
-            command=tuple(p["command"] or ()),
+        spec=make_spec(
+            p["service"],
+            p["color"],
+            p["image"],
+            p["port"],
+            p["env"],
+            p["command"],
+            p["memory"],
+            p["cpus"],
             host_port=p["host_port"],
-            memory=p["memory"] or "",
-            cpus=p["cpus"] or 0.0,
         ),
         count=p["count"] or 0,
         state=p["state"],

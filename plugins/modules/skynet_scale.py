@@ -30,9 +30,10 @@ description:
   - The decision (time, metric values, current, desired, reason) and the cooldown state are kept in Consul
     KV under O(key_prefix)C(/<service>/); the cooldown is recorded, with a check-and-set, before the change
     starts.
-  - The current count is the instances that pass their health check (or are inside O(health_grace));
-    instances failing for longer than O(unhealthy_after) are replaced, and instances left drained by an
-    interrupted run are removed.
+  - The policy decides on every running instance, but only instances that pass their health check (or are
+    inside O(health_grace)) count towards the number it decides: a failing instance gets a replacement in the
+    same cycle, whatever the decision, and is drained and removed once it has failed for O(unhealthy_after).
+    Instances left drained by an interrupted run are removed.
   - While a blue/green release of a service is in progress (C(skynet/bluegreen/<service>/release) in
     Consul KV), the service is held.
 author: Skynet developers (@cyberdyne)
@@ -118,8 +119,7 @@ options:
     description:
       - Seconds after its start during which an instance that does not pass its health check yet counts as
         capacity (it is starting).
-      - After that, only instances that pass count; the others are not counted, so the cycle starts instances
-        in their place when the decision needs them.
+      - After that, only instances that pass count; a replacement is started for each of the others.
     type: float
     default: 60
   unhealthy_after:

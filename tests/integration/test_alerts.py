@@ -182,7 +182,9 @@ def test_autoscaler_alerts_missing_metric_outage_crash_loop_stuck_release(stack,
             decision(names["blind"], **{**quiet, "missing": [check]}, metrics={check: None}),
             # A decision from before the fields existed: the missing check comes from its values.
             decision(names["legacy"], metrics={"rps": None, "cpu": 0.3}),
-            decision(names["dark"], **{**quiet, "outage": "Prometheus at http://127.0.0.1:1 refused", "missing": []}),
+            decision(
+                names["dark"], **{**quiet, "outage": "Prometheus at http://127.0.0.1:1 refused", "missing": ["rps"]}
+            ),
             decision(names["crash"], **{**quiet, "replaced": [f"i-{n}"], "replacements_total": 10 + n}),
             decision(names["stuck"], **quiet, release_phase="preview", release_since=now - 600),
             decision(names["calm"], **quiet, replacements_total=4, release_phase="deploy", release_since=now),
@@ -215,7 +217,9 @@ def test_autoscaler_alerts_missing_metric_outage_crash_loop_stuck_release(stack,
     }
     assert not [f for f in firing if f[1] == names["calm"]], firing
     assert ("SkynetAutoscalerMetricMissing", names["legacy"], "cpu") not in firing
-    assert ("SkynetAutoscalerMetricMissing", names["dark"], None) not in firing
+    # The outage explains the missing metric: Prometheus has both, Alertmanager sends only the outage.
+    assert ("SkynetAutoscalerMetricMissing", names["dark"], "rps") in firing
+    assert not receiver.alerts(path, "SkynetAutoscalerMetricMissing", service=names["dark"])
     assert not [f for f in firing if f[0] == "SkynetInstanceCrashLooping" and f[1] != names["crash"]]
     assert not [f for f in firing if f[0] == "SkynetAutoscalerMetricsOutage" and f[1] != names["dark"]]
 

@@ -242,3 +242,53 @@ def test_strings_from_consul_are_never_templated_in_inventory_host_vars(consul, 
         assert result["msg"] == f"{marker} {sid}"
     finally:
         consul.api("PUT", f"agent/service/deregister/{sid}")
+
+
+@pytest.mark.parametrize(
+    ("role", "services"),
+    [
+        ("autoscaler", [{"name": "web"}, {"name": "../evil"}, {"name": "db", "color": "red"}]),
+        ("haproxy", [{"name": "web", "port": 8080, "lb_port": 8000}, {"name": "web;x", "port": 8080, "lb_port": 8001}]),
+    ],
+)
+def test_the_roles_refuse_invalid_names_in_their_preflight(tmp_path, role, services):
+    playbook = tmp_path / "preflight.yml"
+    play = {
+        "hosts": "localhost",
+        "connection": "local",
+        "gather_facts": False,
+        "tasks": [
+            {
+                "name": "Preflight",
+                "ansible.builtin.include_role": {"name": f"cyberdyne.skynet.{role}", "tasks_from": "preflight"},
+                "vars": {f"{role}_services": services},
+            }
+        ],
+    }
+    playbook.write_text(json.dumps([play]))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".build" / "collections"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_STDOUT_CALLBACK": "json",
+        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+    }
+    out = subprocess.run(
+        ["ansible-playbook", "-i", "localhost,", str(playbook), "-e", f"ansible_python_interpreter={sys.executable}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    tasks = json.loads(out.stdout)["plays"][0]["tasks"]
+    failed = [t for t in tasks if t["hosts"]["localhost"].get("failed")]
+    assert [t["task"]["name"] for t in failed] == [
+        f"cyberdyne.skynet.{role} : Check the names, colors and tags of the service definitions"
+    ]
+    msg = failed[0]["hosts"]["localhost"]["msg"]
+    bad = services[1]["name"]
+    assert f"{role}_services[1].name {bad!r} {RULE}" in msg
+    if role == "autoscaler":
+        assert f"{role}_services[2].color 'red' is not a valid color: use blue or green" in msg
