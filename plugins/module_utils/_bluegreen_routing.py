@@ -97,7 +97,7 @@ class Router:
         return (color, None) if color else (None, f"its map sends {self.service} to {value!r}")
 
     def switch(self, old, new, unchanged_is_old=True):
-        """Points every node at new, stopping at the first doubt, and reads every node back.
+        """Points every node at new, stopping at the first that does not serve new when read back, then reads all back.
 
         Returns (per-node report, seconds of the map changes, whether every node serves new with its
         map file written). A node the command never reached still serves old when unchanged_is_old.
@@ -113,7 +113,9 @@ class Router:
             except SkynetError as e:  # a timeout or a refusal: the read-back tells what happened
                 report[node.name]["error"] = str(e)
                 sent.add(node.name)
-                break
+                if self.serving(node)[0] != new:
+                    break
+                continue
             sent.add(node.name)
         seconds = round(self.monotonic() - started, 4)
         for node in self.nodes:
@@ -160,7 +162,8 @@ class Router:
                 current, problem = self.serving(node)
                 if current != color:
                     why = error or problem or f"it still sends {self.service} to {current}"
-                    entry.update(serves=current, switched=current not in (None, color) and entry["switched"])
+                    entry["serves"] = current
+                    entry["error"] = entry["error"] or why
                     stuck.append(f"{node.name}: {why}")
                     continue
                 entry["put_back"] = True

@@ -80,6 +80,13 @@ options:
     description: Wait until every new instance passes its health check.
     type: bool
     default: true
+  lock_wait:
+    description:
+      - Seconds to wait for the lock of the service (C(skynet/lock/<service>) in Consul KV), which
+        M(cyberdyne.skynet.skynet_scale) and M(cyberdyne.skynet.skynet_bluegreen) take too, before failing with
+        nothing changed. Every change is made under that lock, and stops if the lock is lost.
+    type: float
+    default: 30
   wait_timeout:
     description:
       - Seconds to wait for new instances to pass; those that do not are removed and the task fails.
@@ -165,6 +172,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _drivers, _names
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._lock import ServiceLock
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._service import (
     Desired,
@@ -183,6 +191,7 @@ def main():
         color=dict(type="str", choices=["blue", "green"], default="blue"),
         wait=dict(type="bool", default=True),
         wait_timeout=dict(type="float", default=120),
+        lock_wait=dict(type="float", default=30),
         scale_in_policy=dict(type="str", choices=["newest_first", "oldest_first"], default="newest_first"),
         **instance_argument_spec(),
         **_consul.consul_argument_spec(),
@@ -232,12 +241,27 @@ def main():
         stop_timeout=p["stop_timeout"],
         scale_in_policy=p["scale_in_policy"],
     )
+    problem = None
     try:
         driver = _drivers.make_driver(p)
         registry = Registry(_consul.connect(p))
-        outcome, before, after = ServiceConverger(driver, registry).converge(desired, check_mode=module.check_mode)
+        if module.check_mode:
+            outcome, before, after = ServiceConverger(driver, registry).converge(desired, check_mode=True)
+        else:
+            lock = ServiceLock(registry, p["service"], "compute")
+            if not lock.acquire(p["lock_wait"]):
+                raise SkynetError(
+                    f"{lock.holder()} holds the lock of {p['service']} ({lock.key}) and did not release it within "
+                    f"lock_wait ({p['lock_wait']:g}s); nothing was changed"
+                )
+            try:
+                outcome, before, after = ServiceConverger(driver, registry, fence=lock.fence).converge(desired)
+            finally:
+                problem = lock.release()
     except SkynetError as e:
         module.fail_json(msg=str(e), exception=traceback.format_exc())
+    if problem:
+        module.warn(f"the lock of {p['service']} was not released cleanly: {problem}")
 
     after_ids = after if module.check_mode else [i.id for i in after]
     result = dict(

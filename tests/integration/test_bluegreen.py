@@ -224,7 +224,7 @@ def test_release_under_load_switches_both_nodes_without_a_failed_request(
     assert set(result["timings"]) == {"deploy", "verify", "switch", "watch", "retire", "total"}
     assert result["preview"]["ok"] > 0 and result["preview"]["failed"] == 0, result["preview"]
     assert [a["passed"] for a in result["analysis"]] == [True]
-    assert [n["switched"] for n in result["nodes"]] == [True, True]
+    assert [(n["switched"], n["serves"]) for n in result["nodes"]] == [(True, "green"), (True, "green")]
 
     switch = next(p for p in result["phases"] if p["phase"] == "switch")
     before = {v for sent, v in seen(load) if sent < switch["started"]}
@@ -263,6 +263,7 @@ def test_release_under_load_switches_both_nodes_without_a_failed_request(
         back = run_module(BLUEGREEN, {**args, "state": "rolled_back"})
     assert not back.get("failed"), back["msg"]
     assert back["live"] == "blue" and [p["phase"] for p in back["phases"]] == ["rollback"]
+    assert [n["serves"] for n in back["nodes"]] == ["blue", "blue"], back["nodes"]
     assert "2 started again from" in back["phases"][0]["detail"]
     assert probe.failures == [], probe.failures[:5]
     rollback = back["phases"][0]
@@ -350,8 +351,9 @@ def test_a_node_lost_during_the_switch_is_reported_and_the_other_put_back(stack,
     assert result.get("failed")
     assert "switch failed: HAProxy node lb2" in result["msg"] and "is unreachable on its admin socket" in result["msg"]
     assert "lb1 put back to blue" in result["msg"], result["msg"]
-    assert result["nodes"][0] == {"name": "lb1", "switched": False, "error": None, "put_back": True}
+    assert result["nodes"][0] == {"name": "lb1", "switched": False, "serves": "blue", "error": None, "put_back": True}
     assert result["nodes"][1]["name"] == "lb2" and "unreachable" in result["nodes"][1]["error"]
+    assert result["nodes"][1]["serves"] == "blue", "the command never reached it: it serves what it served"
     assert load.failures == [], load.failures[:5]
     switch = next(p for p in result["phases"] if p["phase"] == "switch")
     assert switch["outcome"] == "failed"

@@ -14,6 +14,8 @@ from harness.proc import free_port, wait_for
 from harness.stack import consul_backend
 
 MODULE = "cyberdyne.skynet.skynet_compute"
+# What every module that changes a service needs besides the service itself: its lock.
+LOCK_RULES = 'session_prefix "" { policy = "write" }\nkey_prefix "skynet/lock/" { policy = "write" }'
 
 
 def haproxy_for(stack, consul, service):
@@ -177,7 +179,9 @@ def acl_consul(session_stack):
 
 
 def test_a_token_that_cannot_register_leaves_nothing_and_says_so(acl_consul, docker_client, sample_image, compute):
-    read_only = acl_consul.acl_token('service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }')
+    read_only = acl_consul.acl_token(
+        'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n' + LOCK_RULES
+    )
     args = {**compute, "image": sample_image["1"], "count": 1, "consul_url": acl_consul.url, "consul_token": read_only}
     result = run_module(MODULE, args)
     assert result.get("failed")
@@ -192,7 +196,7 @@ def test_a_registration_left_behind_is_named_and_the_removed_container_is_not(
     acl_consul, docker_client, sample_image, compute
 ):
     service = compute["service"]
-    rules = f'service "{service}" {{ policy = "write" }}\nnode_prefix "" {{ policy = "read" }}'
+    rules = f'service "{service}" {{ policy = "write" }}\nnode_prefix "" {{ policy = "read" }}\n' + LOCK_RULES
     policy = acl_consul.api("PUT", "acl/policy", json={"Name": f"policy-{service}", "Rules": rules})
     token = acl_consul.api("PUT", "acl/token", json={"Policies": [{"ID": policy["ID"]}]})
     args = {

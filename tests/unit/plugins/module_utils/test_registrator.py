@@ -645,3 +645,24 @@ def test_the_daemon_logs_and_counts_a_refusal_once_and_forgets_gone_containers()
     daemon._refused([], running=set())
     assert metrics.get("skynet_registrator_rejected") == 0
     assert "skynet_registrator_rejected_total 1" in metrics.render()
+
+
+def test_stats_poller_skips_a_container_the_engine_cannot_report_on():
+    import docker.errors
+
+    clock = [0.0]
+    a, b = "a" * 64, "b" * 64
+    api = FakeAPI(clock, {a: {"io.skynet.service": "web"}, b: {"io.skynet.service": "web"}})
+    answer = api.stats
+
+    def stats(cid, stream, one_shot):
+        if cid == a:
+            raise docker.errors.APIError("container is stopping")
+        return answer(cid, stream, one_shot)
+
+    api.stats = stats
+    p = poller(api, clock)
+    assert p.poll() == 1
+    assert p.metrics.get("skynet_registrator_stats_errors_total") == 1
+    text = p.metrics.render()
+    assert 'container="bbbbbbbbbbbb"' in text and 'container="aaaaaaaaaaaa"' not in text
