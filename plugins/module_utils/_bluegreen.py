@@ -60,8 +60,14 @@ class ReleaseOptions:
         )
 
 
-def _fence(lock):
-    return lock.fence if lock else (lambda before: None)
+def assemble(opts, registry, driver, nodes, prometheus, clock, monotonic, sleep, lock=None):
+    """The parts of one run of a release of opts.service; every change is fenced by lock when given."""
+    store = ReleaseStore(registry, opts.service)
+    router = Router(nodes, opts.service, monotonic)
+    waiter = Waiter(registry, store, nodes, lock, monotonic, sleep)
+    analyser = Analyser(prometheus, waiter, monotonic)
+    fence = lock.fence if lock else (lambda before: None)
+    return Phases(opts, driver, registry, store, router, waiter, analyser, clock, sleep, fence=fence)
 
 
 class BlueGreen:
@@ -85,21 +91,8 @@ class BlueGreen:
         self.phases = None
 
     def _parts(self, opts, lock=None):
-        store = ReleaseStore(self.registry, opts.service)
-        router = Router(self.nodes, opts.service, self.monotonic)
-        waiter = Waiter(self.registry, store, self.nodes, lock, self.monotonic, self.sleep)
-        analyser = Analyser(self.prometheus, waiter, self.monotonic)
-        self.phases = Phases(
-            opts,
-            self.driver,
-            self.registry,
-            store,
-            router,
-            waiter,
-            analyser,
-            self.clock,
-            self.sleep,
-            fence=_fence(lock),
+        self.phases = assemble(
+            opts, self.registry, self.driver, self.nodes, self.prometheus, self.clock, self.monotonic, self.sleep, lock
         )
         return self.phases
 
@@ -132,14 +125,15 @@ class BlueGreen:
 
         lock = self.make_lock(service)
         if not lock.acquire(opts.lock_wait, on_busy=ask):
-            if asked:
+            holder = lock.holder()
+            if asked and holder.startswith("a release"):  # a scale cycle does not read requests: it just ends
                 raise SkynetError(
-                    f"asked {lock.holder()} to {'roll back' if kind == 'rollback' else 'abort'} the release of "
+                    f"asked {holder} to {'roll back' if kind == 'rollback' else 'abort'} the release of "
                     f"{service}; it did not finish within lock_wait ({opts.lock_wait:g}s): look at "
                     f"{parts.store.key('release')} in Consul"
                 )
             raise SkynetError(
-                f"{lock.holder()} holds the lock of {service} ({lock.key}); it was not released within "
+                f"{holder} holds the lock of {service} ({lock.key}); it was not released within "
                 f"lock_wait ({opts.lock_wait:g}s)"
             )
         try:
@@ -166,7 +160,7 @@ class BlueGreen:
             live = store.live() or "blue"
             return rel.plan_undo("rollback" if state == "rolled_back" else "abort", service, record, live), live
         routes = router.routes()
-        live = record["from"] if rel.in_progress(record) else self._live(service, store.live(), routes)
+        live = record["from"] if rel.in_progress(record) else router.agreed_live(store.live(), routes)
         images = [i.image for i in self.phases.running(live)]
         plan = rel.plan_release(service, record, live, images, opts.image, opts.count)
         if plan.action == "release":
@@ -180,18 +174,6 @@ class BlueGreen:
             if opts.preview.get("enabled"):
                 router.routes(preview=True)
         return plan, live
-
-    @staticmethod
-    def _live(service, recorded, routes):
-        if recorded:
-            return recorded
-        colors = set(routes.values())
-        if len(colors) > 1:
-            raise SkynetError(
-                f"no live color of {service} is recorded in Consul and the HAProxy nodes disagree: "
-                + ", ".join(f"{n} sends it to {c}" for n, c in sorted(routes.items()))
-            )
-        return colors.pop() if colors else "blue"
 
     def _result(self, plan, live, changed):
         p = self.phases

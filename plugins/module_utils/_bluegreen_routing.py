@@ -87,6 +87,18 @@ class Router:
             raise SkynetError("; ".join(errors) + "; nothing was changed")
         return routes
 
+    def agreed_live(self, recorded, routes):
+        """The live color: the one recorded in Consul, else the one every node serves (blue when none route it)."""
+        if recorded:
+            return recorded
+        colors = set(routes.values())
+        if len(colors) > 1:
+            raise SkynetError(
+                f"no live color of {self.service} is recorded in Consul and the HAProxy nodes disagree: "
+                + ", ".join(f"{n} sends it to {c}" for n, c in sorted(routes.items()))
+            )
+        return colors.pop() if colors else "blue"
+
     def serving(self, node):
         """(color the node serves, None) read back from its map, or (None, why it cannot be told)."""
         try:

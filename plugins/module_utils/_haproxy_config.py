@@ -15,7 +15,12 @@ import ipaddress
 import re
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import COLORS, problem, service_name
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import (
+    COLORS,
+    problem,
+    service_name,
+    split_host_port,
+)
 
 MODES = ("http", "tcp")
 DEFAULT_SLOTS = 10
@@ -34,10 +39,10 @@ def other(color):
 
 
 def _split_address(text):
-    host, sep, port = str(text).rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    parts = split_host_port(text)
+    if parts is None:
         raise SkynetError(f"{text!r} is not an ADDRESS:PORT")
-    return host.strip("[]"), int(port)
+    return parts
 
 
 def _port(value):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import COLORS
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._release import in_progress
@@ -30,7 +31,8 @@ PREFIX = "skynet/bluegreen"
 
 def _http_problem(result, what):
     status = result.get("status")
-    msg = str(result.get("msg") or "").strip()
+    # ansible.builtin.uri's message starts with the status codes it was told to accept: not news here.
+    msg = re.sub(r"^Status code was -?[0-9]+ and not \[[^]]*\]: ", "", str(result.get("msg") or "").strip())
     if status in (None, -1):
         return f"{what} is unreachable: {msg or 'no answer'}"
     if status in (401, 403):

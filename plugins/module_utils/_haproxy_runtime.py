@@ -14,7 +14,7 @@ import socket
 import tempfile
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import runtime_word
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import runtime_word, split_host_port
 
 
 def parse_address(address):
@@ -31,13 +31,12 @@ def parse_address(address):
         if text.startswith(prefix):
             text = text[len(prefix) :]
             break
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    parts = split_host_port(text)
+    if parts is None or not parts[0]:
         raise SkynetError(
             f"HAProxy admin socket address {address!r} is neither a unix socket path (/path/admin.sock) nor host:port"
         )
-    return "tcp", (host, int(port))
+    return "tcp", parts
 
 
 def refusal(reply):

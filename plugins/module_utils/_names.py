@@ -131,3 +131,11 @@ def definition_errors(definitions, field="services"):
         if definition.get("tags") is not None:
             errors.append(problem(tags, definition["tags"], f"{where}.tags"))
     return [e for e in errors if e]
+
+
+def split_host_port(text):
+    """(host, port) of HOST:PORT, [IPv6]:PORT or :PORT (host ""), None when it is not one: the one parser of them."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)

@@ -488,10 +488,10 @@ def stats_series(samples):
 
 def parse_address(value):
     """(host, port) of HOST:PORT or [IPv6]:PORT; ValueError when it is not one."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    parts = _names.split_host_port(value)
+    if parts is None:
         raise ValueError(f"{value!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - ":PORT" asks for every address
+    return parts[0] or "0.0.0.0", parts[1]  # noqa: S104 - ":PORT" asks for every address
 
 
 # -- the daemon -------------------------------------------------------------------------------

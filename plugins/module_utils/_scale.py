@@ -167,7 +167,7 @@ class Autoscaler:
 
     def live_color(self, definition):
         live = self.registry.read_json(f"skynet/bluegreen/{definition['name']}/live")
-        return live if live in ("blue", "green") else definition.get("color", "blue")
+        return live if live in _names.COLORS else definition.get("color", "blue")
 
     # -- the cycle ---------------------------------------------------------------------------
 

@@ -19,13 +19,22 @@ description:
     sends preview traffic; O(pre_analysis) checks PromQL thresholds that must hold for a given time.
   - B(switch) points the service's entry of the live map at the new color on every HAProxy node through the
     runtime API (no reload), rewrites the map files (O(haproxy[].persist)) and records the live color in Consul.
-    If one node fails, the nodes already switched are put back and the release fails with the new color removed.
+    Every node is read back (C(show map)) after the switch and after an undo, and judged by what it serves.
+    A C(set map) whose answer timed out counts as switched when the node serves the new color, one that was
+    answered but changed nothing does not. If one node does not serve the new color, the nodes that do are put
+    back and the release fails with the new color removed.
   - B(watch) runs O(post_analysis); when it fails the release is rolled back automatically.
   - B(retire) waits O(scale_down_delay), then drains and stops the old color, or keeps it warm (O(keep_warm)).
   - A version that fails its health checks is never switched to; the new color is removed and the old one is
     not touched. An analysis query that cannot be evaluated counts as a failure.
   - O(state=rolled_back) and O(state=aborted) return to the last good state at any phase. When another
     controller is running the release, they ask it through Consul KV (C(request) key) and wait O(lock_wait).
+  - A run holds the service's lock in Consul (C(skynet/lock/<service>)), the one
+    M(cyberdyne.skynet.skynet_scale) and M(cyberdyne.skynet.skynet_compute) take, so a scale cycle and a release
+    of one service never change it at the same time; a release waits O(lock_wait) for it. The lock's session is
+    renewed while held and checked before every change (each start, drain or removal of an instance, the switch,
+    each undo step). A release that lost it (session destroyed, Consul restarted) stops there, leaves the release
+    record saying where (C(stopped)); a rerun resumes it, O(state=rolled_back) undoes it.
   - While a release is in progress, M(cyberdyne.skynet.skynet_scale) holds the service.
   - The HAProxy configuration follows the collection's contract, per service a frontend choosing
     C(use_backend %[str(<name>),map(<map_dir>/live.map,<name>_blue)]), backends C(<name>_blue) and C(<name>_green)
@@ -111,8 +120,11 @@ options:
         description:
           - Rewrite the node's map files too, so that the switch survives a restart of HAProxy.
           - The files are written where the module runs. When HAProxy runs on another host, set V(false)
-            (the runtime switch still happens) and let the HAProxy role render the map from the live color
-            in Consul KV, or run the module on that host.
+            (the runtime switch still happens); each run of the P(cyberdyne.skynet.haproxy#role) role on that
+            node renders its map files from the live color recorded in Consul KV (C(skynet/bluegreen/<service>/live),
+            read through the node's own agent), so that a reload or restart there keeps the new color once the
+            role has run. Until then a reload there reads the old color from its files, so run the role on those nodes
+            after a release (or run the module on that host).
         type: bool
         default: true
       timeout:
@@ -210,7 +222,7 @@ options:
     default: false
   lock_wait:
     description:
-      - Seconds to wait for a release of the service run by another controller.
+      - Seconds to wait for the service's lock, held by a release run by another controller or a scale cycle.
       - With O(state=rolled_back) or O(state=aborted), that run is asked to stop and given this long to do so.
     type: float
     default: 30
@@ -326,10 +338,20 @@ analysis:
   type: list
   elements: dict
 nodes:
-  description: The switch on each HAProxy node (name, switched, error, put_back).
+  description:
+    - What each HAProxy node serves, read back after the switch or the undo of this run.
+    - C(name); C(switched), whether it serves the new color; C(serves), the color read back (null when it could
+      not be read); C(error), why it did not switch or could not be put back; C(note), a command whose answer
+      failed while the read-back showed it done; C(put_back), whether it was moved back to the old color.
   returned: always
   type: list
   elements: dict
+  sample: [{"name": "lb1", "switched": true, "serves": "green", "error": null}]
+warnings:
+  description: Problems that did not change the result, such as a lock that could not be given back cleanly.
+  returned: when there are any
+  type: list
+  elements: str
 preview:
   description: Preview traffic sent (url, ok, failed, errors), when O(preview.url) is set.
   returned: always

@@ -188,7 +188,7 @@ def main():
         count=dict(type="int"),
         image=dict(type="str"),
         host_port=dict(type="int", default=0),
-        color=dict(type="str", choices=["blue", "green"], default="blue"),
+        color=dict(type="str", choices=list(_names.COLORS), default="blue"),
         wait=dict(type="bool", default=True),
         wait_timeout=dict(type="float", default=120),
         lock_wait=dict(type="float", default=30),

@@ -31,7 +31,7 @@ description:
     KV under O(key_prefix)C(/<service>/); the cooldown is recorded, with a check-and-set, before the change
     starts.
   - The policy decides on every running instance, but only instances that pass their health check (or are
-    inside O(health_grace)) count towards the number it decides: a failing instance gets a replacement in the
+    inside O(health_grace)) count towards the number it decides, so a failing instance gets a replacement in the
     same cycle, whatever the decision, and is drained and removed once it has failed for O(unhealthy_after).
     Instances left drained by an interrupted run are removed.
   - While a blue/green release of a service is in progress (C(skynet/bluegreen/<service>/release) in

@@ -9,7 +9,7 @@ import sys
 import requests
 
 from .proc import free_port
-from .rules import render_rules
+from .prometheus_role import render_rules
 from .stack import ROOT, Consul, Engine, Prometheus, Stack
 
 REGISTRATOR = ROOT / "roles" / "registrator" / "files" / "skynet-registrator"

@@ -21,7 +21,7 @@ import requests
 import yaml
 
 from harness.proc import free_port, wait_for
-from harness.prometheus_role import Monitoring, Receiver, ansible_playbook, render
+from harness.prometheus_role import Monitoring, Receiver, ansible_playbook, loopback_variables, render
 from harness.stack import ROOT, TOOLS
 
 AUTOSCALE = ROOT / "playbooks" / "autoscale.yml"
@@ -57,29 +57,9 @@ def setup(tmp_path_factory, receiver):
     registrators = {"engine-gone": free_port(), "consul-gone": free_port()}
 
     def variant(name, **variables):
-        root = workdir / name
-        for sub in ("sd", "textfile"):
-            (root / sub).mkdir(parents=True)
-        return {
-            "prometheus_consul_sd": False,
-            "prometheus_consul_sd_dir": str(root / "sd"),
-            "prometheus_data_dir": str(root / "prometheus-data"),
-            "prometheus_alertmanager_data_dir": str(root / "alertmanager-data"),
-            "prometheus_textfile_dir": str(root / "textfile"),
-            "prometheus_listen_address": f"127.0.0.1:{free_port()}",
-            "prometheus_alertmanager_listen_address": f"127.0.0.1:{free_port()}",
-            "prometheus_node_exporter_listen_address": f"127.0.0.1:{free_port()}",
-            "prometheus_scrape_interval": "1s",
-            "prometheus_scrape_timeout": "1s",
-            "prometheus_evaluation_interval": "1s",
-            "prometheus_rate_window": "5s",
-            "prometheus_extra_args": ["--rules.alert.resend-delay=1s"],
-            "prometheus_alertmanager_webhook_urls": [receiver.url(name)],
-            "prometheus_alertmanager_group_wait": "1s",
-            "prometheus_alertmanager_group_interval": "1s",
-            **TIMINGS,
-            **variables,
-        }
+        return loopback_variables(
+            workdir / name, receiver.url(name), prometheus_consul_sd=False, **TIMINGS, **variables
+        )
 
     variants = {
         "autoscaler": variant("autoscaler"),

@@ -368,7 +368,7 @@ def test_the_autoscaler_holds_while_a_release_is_in_progress(consul, engine, uni
     definition = {
         "name": name,
         "image": "localhost/skynet-sample:1",
-        "scaling": {"min": 1, "max": 6, "checks": [{"name": "rps", "value": 400, "target": 50, "aggregate": "total"}]},
+        "scaling": {"min": 1, "max": 6, "checks": [{"name": "rps", "value": 200, "target": 50, "aggregate": "total"}]},
     }
     scale = {"docker_host": engine.docker_host, "consul_url": consul.url, "services": [definition], "dry_run": True}
     key = f"kv/skynet/bluegreen/{name}/release"
@@ -376,11 +376,11 @@ def test_the_autoscaler_holds_while_a_release_is_in_progress(consul, engine, uni
         consul.api("PUT", key, data=json.dumps({"phase": "verify", "image": "localhost/skynet-sample:2"}))
         held = run_module(SCALE, scale)["decisions"][0]
         assert held["action"] == "hold" and held["current"] == held["desired"] == 0, held
-        assert "a blue/green release is in progress (phase verify): holding; wanted 6" in held["reason"]
+        assert "a blue/green release is in progress (phase verify): holding; wanted 4" in held["reason"]
 
         consul.api("PUT", key, data=json.dumps({"phase": "done"}))
         free = run_module(SCALE, scale)["decisions"][0]
-        assert free["action"] == "scale_out" and free["desired"] == 6, free
+        assert free["action"] == "scale_out" and free["desired"] == 4, free
     finally:
         consul.api("DELETE", f"kv/skynet/bluegreen/{name}", params={"recurse": "1"})
         consul.api("DELETE", f"kv/skynet/scale/{name}", params={"recurse": "1"})

@@ -213,3 +213,36 @@ def test_a_token_that_may_not_read_the_records_is_not_taken_for_no_record(stack,
     assert rc == 0 and warnings(tasks) == [], tasks
     assert reader not in json.dumps(tasks), "the token is never logged"
     assert node.live_map() == f"{web} {web}_green\n{node.other} {node.other}_blue\n"
+
+
+def hook(node, *options):
+    script = ROOT / "roles" / "haproxy" / "files" / "skynet-haproxy-maps.py"
+    argv = [sys.executable, script, "--map-dir", node.map_dir, "--consul", node.consul.url, *options]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_a_reload_reads_the_recorded_color_before_any_role_run(node):
+    """The drop-in's ExecReload/ExecStartPre hook, on the real Consul and HAProxy."""
+    web, other = node.web, node.other
+    node.record("green")
+    consul = node.consul
+    consul.api("PUT", f"kv/{PREFIX}/{other}/live", data=json.dumps("green"))
+    consul.api("PUT", f"kv/{PREFIX}/{other}/release", data=json.dumps({"phase": "switch"}))
+    out = hook(node, "--token-file", str(node.map_dir / "no-token"))
+    assert out.returncode == 0, out.stderr
+    assert f"written to the map files: {web} green" in out.stderr
+    # A release of `other` has not ended: its line stays as the node has it.
+    assert node.live_map() == f"{web} {web}_green\n{other} {other}_blue\n"
+    assert (node.map_dir / "preview.map").read_text() == f"{web} {web}_blue\n{other} {other}_green\n"
+    assert node.page() == "blue", "the files only: the running HAProxy is the release's"
+    node.reload()
+    assert {node.page() for _ in range(6)} == {"green"} and node.page(preview=True) == "blue"
+
+    again = hook(node)
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+
+    node.record("blue")
+    down = f"http://127.0.0.1:{free_port()}"
+    out = hook(node, "--consul", down)
+    assert out.returncode == 0 and f"Consul KV at {down} could not be read" in out.stderr
+    assert node.live_map().startswith(f"{web} {web}_green\n")

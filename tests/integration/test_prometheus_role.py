@@ -7,144 +7,17 @@ Watchdog, an instance down) go through a real Alertmanager to a webhook the test
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from functools import partial
 
 import pytest
 import requests
-import yaml
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul_sd import Catalog, ConsulSdError, sync
 
 from harness.proc import free_port, wait_for
-from harness.stack import ROOT, TOOLS
-
-ROLE = ROOT / "roles" / "prometheus"
-
-# One inventory host per variant, all rendered in one run; include_vars outranks the role's
-# files, which the play loads as vars_files.
-PLAYBOOK = """
-- name: Render the configuration of roles/prometheus
-  hosts: all
-  connection: local
-  gather_facts: false
-  vars_files: [@ROLE@/defaults/main.yml, @ROLE@/vars/main.yml]
-  tasks:
-    - name: Load the variables of the variant
-      ansible.builtin.include_vars:
-        file: "@WORKDIR@/{{ inventory_hostname }}.json"
-
-    - name: Probe promtool for consul_sd_configs as the role does
-      ansible.builtin.include_tasks: @ROLE@/tasks/probe.yml
-      when: prometheus_consul_sd | string | lower == 'auto'
-
-    - name: Render the role's templates
-      ansible.builtin.template:
-        src: "@ROLE@/templates/{{ item.src }}"
-        dest: "{{ item.dest }}"
-        mode: "0644"
-      loop:
-        - {src: "{{ prometheus_config_template }}", dest: "{{ _prometheus_config_file }}"}
-        - {src: "{{ prometheus_rules_template }}", dest: "{{ _prometheus_rules_file }}"}
-        - {src: "{{ prometheus_alertmanager_config_template }}", dest: "{{ _prometheus_alertmanager_config_file }}"}
-
-    - name: Write the command lines of the role's units
-      ansible.builtin.copy:
-        dest: "{{ prometheus_config_dir }}/commands.json"
-        mode: "0644"
-        content: >-
-          {{ {'prometheus': [_prometheus_binary] + _prometheus_args,
-              'alertmanager': [_prometheus_alertmanager_binary] + _prometheus_alertmanager_args,
-              'node_exporter': [_prometheus_node_exporter_binary] + _prometheus_node_exporter_args,
-              'consul_sd': _prometheus_consul_sd_command,
-              'consul_sd_enabled': _prometheus_consul_sd_enabled | bool} | to_json }}
-"""
-
-
-class Receiver:
-    """A webhook receiver on loopback: keeps what Alertmanager posts; answers GET for HAProxy's backend."""
-
-    def __init__(self):
-        self.posts = []
-        received = self.posts
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append((self.path.strip("/"), json.loads(body)))
-                self._answer()
-
-            def do_GET(self):
-                self._answer()
-
-            def _answer(self):
-                self.send_response(200)
-                self.send_header("Content-Length", "3")
-                self.end_headers()
-                self.wfile.write(b"ok\n")
-
-            def log_message(self, format, *args):
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def alerts(self, path, name, **labels):
-        """The alerts named name that came to /path, with these labels."""
-        return [
-            a
-            for where, post in list(self.posts)
-            if where == path and post["receiver"] == "skynet"
-            for a in post["alerts"]
-            if a["labels"].get("alertname") == name and all(a["labels"].get(k) == v for k, v in labels.items())
-        ]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def render(workdir: Path, variants: dict) -> dict:
-    """Renders the role's configuration of each variant into workdir/NAME; {name: Rendered}."""
-    for name, variables in variants.items():
-        etc = workdir / name / "etc"
-        (etc / "rules").mkdir(parents=True, exist_ok=True)
-        (workdir / f"{name}.json").write_text(json.dumps({"prometheus_config_dir": str(etc), **variables}))
-    playbook = workdir / "render.yml"
-    playbook.write_text(PLAYBOOK.replace("@ROLE@", str(ROLE)).replace("@WORKDIR@", str(workdir)))
-    out = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            ",".join(variants) + ",",
-            str(playbook),
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-    )
-    assert out.returncode == 0, f"ansible-playbook failed:\n{out.stdout}\n{out.stderr}"
-    return {name: Rendered(workdir / name) for name in variants}
-
-
-class Rendered:
-    def __init__(self, root: Path):
-        self.root, self.etc = root, root / "etc"
-        self.commands = json.loads((self.etc / "commands.json").read_text())
-        self.config = yaml.safe_load((self.etc / "prometheus.yml").read_text())
-
-    def path(self, name: str) -> Path:
-        return self.root / name
+from harness.prometheus_role import ROLE, Monitoring, Receiver, loopback_variables, render
 
 
 def check(*argv: str) -> subprocess.CompletedProcess:
@@ -175,35 +48,18 @@ def rendered(tmp_path_factory, consul, receiver, unique_module):
         "auto-consul-sd-promtool": {"prometheus_consul_sd": "auto", "_prometheus_promtool": str(accepting)},
     }
     for name, consul_sd in LIVE.items():
-        root = workdir / name
-        variants[name] = {
-            "prometheus_consul_sd": consul_sd,
-            "prometheus_consul_url": consul.url,
-            "prometheus_consul_metrics_port": consul.http_port,
-            "prometheus_consul_sd_interval": 1,
-            "prometheus_consul_sd_dir": str(root / "sd"),
-            "prometheus_data_dir": str(root / "prometheus-data"),
-            "prometheus_alertmanager_data_dir": str(root / "alertmanager-data"),
-            "prometheus_textfile_dir": str(root / "textfile"),
-            "prometheus_listen_address": f"127.0.0.1:{free_port()}",
-            "prometheus_alertmanager_listen_address": f"127.0.0.1:{free_port()}",
-            "prometheus_node_exporter_listen_address": f"127.0.0.1:{free_port()}",
-            "prometheus_scrape_interval": "1s",
-            "prometheus_scrape_timeout": "1s",
-            "prometheus_evaluation_interval": "1s",
-            "prometheus_rate_window": "5s",
-            "prometheus_alert_instance_down_for": "1s",
-            # An alert that fires before the Alertmanager is known is sent again after this delay.
-            "prometheus_extra_args": ["--rules.alert.resend-delay=1s"],
-            "prometheus_alertmanager_webhook_urls": [f"http://127.0.0.1:{receiver.port}/{name}"],
-            "prometheus_alertmanager_group_wait": "1s",
-            "prometheus_alertmanager_group_interval": "1s",
-            "prometheus_services": [{"name": unique_module(name), "scaling": {"min": 1, "max": 3}}],
-            "_prometheus_consul_sd_python": sys.executable,
-            "_prometheus_consul_sd_script": str(ROLE / "files" / "skynet-consul-sd"),
-        }
-        for sub in ("sd", "textfile"):
-            (root / sub).mkdir(parents=True)
+        variants[name] = loopback_variables(
+            workdir / name,
+            receiver.url(name),
+            prometheus_consul_sd=consul_sd,
+            prometheus_consul_url=consul.url,
+            prometheus_consul_metrics_port=consul.http_port,
+            prometheus_consul_sd_interval=1,
+            prometheus_alert_instance_down_for="1s",
+            prometheus_services=[{"name": unique_module(name), "scaling": {"min": 1, "max": 3}}],
+            _prometheus_consul_sd_python=sys.executable,
+            _prometheus_consul_sd_script=str(ROLE / "files" / "skynet-consul-sd"),
+        )
     return render(workdir, variants)
 
 
@@ -262,10 +118,7 @@ def test_discovery_rules_and_alert_delivery(stack, consul, receiver, rendered, u
     consul_sd = LIVE[variant]
     r = rendered[variant]
     web, ghost = unique_module(variant), unique("ghost")
-    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in r.commands["prometheus"][1:] if "=" in a}
-    prom_url = f"http://{args['--web.listen-address']}"
-    am_address = r.commands["alertmanager"][3].split("=", 1)[1]
-    node_address = r.commands["node_exporter"][1].split("=", 1)[1]
+    prom_port = port_of(r.arg("prometheus", "--web.listen-address"))
     frontend = free_port()
     haproxy = stack.haproxy(haproxy_body(f"{web}_blue", frontend, receiver.port))
     r.path("textfile").joinpath("skynet_autoscaler.prom").write_text(
@@ -281,37 +134,20 @@ def test_discovery_rules_and_alert_delivery(stack, consul, receiver, rendered, u
         )
         registered.append(service_id)
 
-    def query(promql):
-        result = requests.get(f"{prom_url}/api/v1/query", params={"query": promql}, timeout=5)
-        result.raise_for_status()
-        return result.json()["data"]["result"]
-
-    def wait_query(promql, timeout=20):
-        return wait_for(lambda: query(promql), timeout, f"Prometheus to answer {promql!r}", interval=0.5)
-
     try:
-        register(web, port_of(prom_url), f"{web}-1", skynet_color="blue")
+        register(web, prom_port, f"{web}-1", skynet_color="blue")
         register(ghost, free_port(), f"{ghost}-1")
         register("haproxy-exporter", haproxy.stats_port, f"haproxy-exporter-{web}")
 
-        stack.start("node_exporter", r.commands["node_exporter"]).wait_ready(
-            lambda: requests.get(f"http://{node_address}/metrics", timeout=2).ok
-        )
-        stack.start("alertmanager", r.commands["alertmanager"]).wait_ready(
-            lambda: requests.get(f"http://{am_address}/-/ready", timeout=2).ok
-        )
+        assert r.commands["consul_sd_enabled"] is consul_sd
+        mon = Monitoring(stack, r, node_exporter=True, consul_sd=True)
+        wait_query = partial(mon.wait_query, timeout=20)
         if not consul_sd:
-            env = {"PYTHONPATH": str(ROOT / ".build" / "collections")}
-            stack.start("skynet-consul-sd", r.commands["consul_sd"], env=env)
             wait_for(lambda: list(r.path("sd").glob(f"{web}.json")), 15, f"the file_sd file of {web}")
-        argv = r.commands["prometheus"]
-        if consul_sd:
-            argv = [str(TOOLS / "prometheus-consul-sd"), *argv[1:]]
-        stack.start("prometheus", argv).wait_ready(lambda: requests.get(f"{prom_url}/-/ready", timeout=2).ok)
 
         # Every instance of a service, with its labels from Consul; the stack's components too.
         up = wait_query(f'up{{job="services", service="{web}"}} == 1')[0]["metric"]
-        assert up["instance"] == f"127.0.0.1:{port_of(prom_url)}"
+        assert up["instance"] == f"127.0.0.1:{prom_port}"
         assert (up["color"], up["consul_health"], up["node"]) == ("blue", "passing", "consul")
         consul_up = wait_query('up{job="consul"} == 1')[0]["metric"]
         assert consul_up["instance"] == f"127.0.0.1:{consul.http_port}"
@@ -335,18 +171,16 @@ def test_discovery_rules_and_alert_delivery(stack, consul, receiver, rendered, u
         assert wait_query(f'service:skynet_healthy_instances:count{{service="{web}"}}')[0]["value"][1] == "1"
 
         # Alerts: the Watchdog and the instance that is down reach the webhook through Alertmanager.
-        watchdog = wait_for(lambda: receiver.alerts(variant, "Watchdog"), 30, "the Watchdog at the webhook")[0]
+        watchdog = receiver.wait(variant, "Watchdog", timeout=30, status=None)
         assert watchdog["status"] == "firing"
         assert watchdog["labels"]["severity"] == "none"
-        down = wait_for(
-            lambda: receiver.alerts(variant, "SkynetInstanceDown", service=ghost), 30, "SkynetInstanceDown"
-        )[0]
+        down = receiver.wait(variant, "SkynetInstanceDown", timeout=30, status=None, service=ghost)
         assert down["status"] == "firing"
         assert down["labels"]["instance"].startswith("127.0.0.1:")
 
         # A deregistered instance leaves the targets.
         consul.api("PUT", f"agent/service/deregister/{web}-1")
-        wait_for(lambda: not query(f'up{{job="services", service="{web}"}}'), 20, "the deregistered instance to go")
+        wait_for(lambda: not mon.query(f'up{{job="services", service="{web}"}}'), 20, "the deregistered instance to go")
     finally:
         for service_id in registered:
             consul.api("PUT", f"agent/service/deregister/{service_id}")

@@ -7,6 +7,7 @@ import time
 from harness.ansible import run_module
 from harness.load import LoadLoop
 from harness.proc import free_port, wait_for
+from harness.services import remove_service
 from harness.stack import consul_backend
 
 COMPUTE = "cyberdyne.skynet.skynet_compute"
@@ -85,5 +86,4 @@ def test_a_failing_instance_is_replaced_on_a_hold_decision_with_no_failed_reques
         again = run_module(SCALE, args)["decisions"][0]
         assert again["action"] == "hold" and not again["replaced"] and not again["applied"], again
     finally:
-        run_module(COMPUTE, {**common, "service": name, "state": "absent", "drain_period": 0})
-        consul.api("DELETE", f"kv/skynet/scale/{name}", params={"recurse": "1"})
+        remove_service(common, consul, name)

@@ -17,6 +17,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import 
 
 from harness.ansible import ROOT, run_module
 from harness.proc import wait_for
+from harness.services import remove_service, service_containers
 
 COMPUTE = "cyberdyne.skynet.skynet_compute"
 SCALE = "cyberdyne.skynet.skynet_scale"
@@ -88,13 +89,7 @@ def service(consul, engine, sample_image, unique):
         },
     }
     yield {"name": name, "common": common, "definition": definition}
-    run_module(COMPUTE, {**common, "service": name, "state": "absent", "drain_period": 0})
-    consul.api("DELETE", f"kv/skynet/scale/{name}", params={"recurse": "1"})
-    consul.api("DELETE", f"kv/skynet/lock/{name}")
-
-
-def containers(docker_client, name):
-    return docker_client.containers.list(all=True, filters={"label": [f"io.skynet.service={name}"]})
+    remove_service(common, consul, name)
 
 
 def start(common, name, count, **extra):
@@ -126,18 +121,14 @@ def test_a_run_that_outlives_the_session_ttl_is_not_doubled(service, docker_clie
     assert second["action"] == "skipped" and "a scale cycle on" in second["reason"], second
     third = results["third"]["decisions"][0]
     assert third["action"] == "hold" and "cooldown" in third["reason"], third
-    assert len(containers(docker_client, name)) == 2
+    assert len(service_containers(docker_client, name)) == 2
 
 
 def test_a_run_that_loses_its_lock_mid_drain_stops_and_the_next_run_converges(
     service, consul, docker_client, sample_image
 ):
     name, common = service["name"], service["common"]
-    start(common, name, 2, image=sample_image["1"], health=service["definition"]["health"])
-    down = {**service["definition"], "scaling": {**service["definition"]["scaling"], "min": 0}}
-    down["scaling"]["checks"] = [{"name": "load", "value": 10, "aggregate": "total", "target": 50}]
-    down["scaling"]["stabilization_window"] = 0
-    args = {**common, "services": [down], "drain_period": 12}
+    args = {**common, "services": [two_wanting_one(service, sample_image)], "drain_period": 12}
     results = {}
     run = threading.Thread(target=lambda: results.setdefault("run", run_module(SCALE, args)))
     run.start()
@@ -149,7 +140,7 @@ def test_a_run_that_loses_its_lock_mid_drain_stops_and_the_next_run_converges(
     decision = results["run"]["decisions"][0]
     assert results["run"].get("failed"), results["run"]
     assert "was lost" in decision["error"] and "stopped before removing" in decision["error"], decision
-    assert len(containers(docker_client, name)) == 2  # nothing removed after the lock was gone
+    assert len(service_containers(docker_client, name)) == 2  # nothing removed after the lock was gone
     assert drained(consul, name)
 
     # The next run waits out the lock-delay, removes what was left drained and holds at 1 (cooldown).
@@ -157,7 +148,7 @@ def test_a_run_that_loses_its_lock_mid_drain_stops_and_the_next_run_converges(
     decision = nxt["decisions"][0]
     assert not nxt.get("failed"), nxt
     assert decision["left_drained"], decision
-    assert len(containers(docker_client, name)) == 1
+    assert len(service_containers(docker_client, name)) == 1
     assert not drained(consul, name)
 
 
@@ -170,6 +161,14 @@ def kill_tree(pid):
     os.kill(pid, signal.SIGKILL)
 
 
+def two_wanting_one(service, sample_image):
+    """Starts 2 instances of the service; its definition, returned, then scales in to 1 at once."""
+    start(service["common"], service["name"], 2, image=sample_image["1"], health=service["definition"]["health"])
+    scaling = {**service["definition"]["scaling"], "min": 0, "stabilization_window": 0}
+    scaling["checks"] = [{"name": "load", "value": 10, "aggregate": "total", "target": 50}]
+    return {**service["definition"], "scaling": scaling}
+
+
 def drained(consul, name):
     return [c for c in consul.api("GET", f"health/checks/{name}") if c["CheckID"].startswith("_service_maintenance:")]
 
@@ -178,11 +177,7 @@ def test_an_autoscale_run_killed_mid_drain_leaves_nothing_in_maintenance_after_t
     service, consul, docker_client, sample_image, tmp_path
 ):
     name, common = service["name"], service["common"]
-    start(common, name, 2, image=sample_image["1"], health=service["definition"]["health"])
-    down = {**service["definition"], "scaling": {**service["definition"]["scaling"], "min": 0}}
-    down["scaling"]["checks"] = [{"name": "load", "value": 10, "aggregate": "total", "target": 50}]
-    down["scaling"]["stabilization_window"] = 0
-    args = {**common, "services": [down], "drain_period": 30}
+    args = {**common, "services": [two_wanting_one(service, sample_image)], "drain_period": 30}
     playbook = tmp_path / "scale.yml"
     playbook.write_text(
         json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": [{"cyberdyne.skynet.skynet_scale": args}]}])
@@ -209,11 +204,11 @@ def test_an_autoscale_run_killed_mid_drain_leaves_nothing_in_maintenance_after_t
     finally:
         kill_tree(run.pid)
         run.wait(10)
-    assert len(containers(docker_client, name)) == 2 and drained(consul, name)
+    assert len(service_containers(docker_client, name)) == 2 and drained(consul, name)
 
     # The dead run's session lives out its TTL (and the lock-delay after it): the next run waits for it.
     nxt = run_module(SCALE, {**args, "lock_wait": 60, "drain_period": 0})
     assert not nxt.get("failed"), nxt
     assert nxt["decisions"][0]["left_drained"], nxt
     assert not drained(consul, name)
-    assert len(containers(docker_client, name)) == 1
+    assert len(service_containers(docker_client, name)) == 1

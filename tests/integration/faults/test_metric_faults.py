@@ -13,6 +13,7 @@ import pytest
 
 from harness.ansible import run_module
 from harness.proc import wait_for
+from harness.services import remove_service, service_containers
 
 COMPUTE = "cyberdyne.skynet.skynet_compute"
 SCALE = "cyberdyne.skynet.skynet_scale"
@@ -45,13 +46,7 @@ def services(consul, engine, sample_image, unique):
 
     yield make, common
     for name in made:
-        run_module(COMPUTE, {**common, "service": name, "state": "absent", "drain_period": 0})
-        consul.api("DELETE", f"kv/skynet/scale/{name}", params={"recurse": "1"})
-        consul.api("DELETE", f"kv/skynet/lock/{name}")
-
-
-def containers(docker_client, name):
-    return docker_client.containers.list(all=True, filters={"label": [f"io.skynet.service={name}"]})
+        remove_service(common, consul, name)
 
 
 def scale(common, prometheus_url, definitions, **extra):
@@ -93,7 +88,7 @@ def test_non_finite_and_empty_metrics_hold_and_are_reported(prometheus, services
         said = f"metric missing (value {shown} is not finite)" if shown else "metric missing: holding capacity"
         assert said in decision["reason"], decision
     for definition in definitions.values():
-        assert len(containers(docker_client, definition["name"])) == 1
+        assert len(service_containers(docker_client, definition["name"])) == 1
 
 
 def test_a_huge_metric_against_a_huge_max_starts_a_bounded_number_of_instances(prometheus, services, docker_client):
@@ -108,7 +103,7 @@ def test_a_huge_metric_against_a_huge_max_starts_a_bounded_number_of_instances(p
     assert (decision["action"], decision["current"], decision["desired"]) == ("scale_out", 0, 4), decision
     assert "1000000000 wanted" not in decision["reason"]
     assert "1000000 wanted, step limited to 4" in decision["reason"], decision
-    assert len(containers(docker_client, web["name"])) == 4
+    assert len(service_containers(docker_client, web["name"])) == 4
     print(f"\n1e9 against max 10^6: {decision['desired']} instances started in {elapsed:.1f} s")
 
 
@@ -126,7 +121,7 @@ def test_absurd_policy_numbers_and_rejected_queries_change_nothing(prometheus, s
         result = scale(common, prometheus.url, [web])
         assert result.get("failed") and message in result["msg"], (message, result)
         assert "nothing was changed" in result["msg"], result
-        assert containers(docker_client, web["name"]) == []
+        assert service_containers(docker_client, web["name"]) == []
 
 
 def critical(consul, name):
@@ -144,14 +139,14 @@ def test_prometheus_stopped_holds_metric_decisions_and_still_repairs_what_needs_
     sick = make("out-s", [{"name": "rps", "query": "vector(10)", "aggregate": "total", "target": 10}], min=1)
     ready = scale(common, prometheus.url, [metered])
     assert not ready.get("failed") and ready["decisions"][0]["desired"] == 2, ready
-    assert len(containers(docker_client, metered["name"])) == 2
+    assert len(service_containers(docker_client, metered["name"])) == 2
     started = run_module(
         COMPUTE,
         {**common, "service": sick["name"], "image": sick["image"], "count": 1, "health": HEALTH},
         timeout=120,
     )
     assert not started.get("failed"), started
-    (old,) = containers(docker_client, sick["name"])
+    (old,) = service_containers(docker_client, sick["name"])
     old.exec_run(["rm", "-f", "/www/health"])  # /health answers 404 from now on
     wait_for(lambda: critical(consul, sick["name"]), 30, f"{sick['name']} critical in Consul")
 
@@ -175,9 +170,9 @@ def test_prometheus_stopped_holds_metric_decisions_and_still_repairs_what_needs_
     assert restored["missing"] == ["rps"] and restored["outage"] == unreachable, restored
     assert repaired["applied"] and repaired["outage"] == unreachable, repaired
     assert [old.id[: len(i)] for i in repaired["replaced"]] == repaired["replaced"] != [], repaired
-    assert len(containers(docker_client, metered["name"])) == 2
-    assert len(containers(docker_client, floor["name"])) == 2
-    (new,) = containers(docker_client, sick["name"])
+    assert len(service_containers(docker_client, metered["name"])) == 2
+    assert len(service_containers(docker_client, floor["name"])) == 2
+    (new,) = service_containers(docker_client, sick["name"])
     assert new.id != old.id
 
     msg = result["msg"]
@@ -205,8 +200,8 @@ def test_a_query_failing_at_run_time_holds_that_service_only(prometheus, service
         True,
     ), second
     assert f"Still done in this run: {fine['name']} scale_out 0 -> 2" in result["msg"], result["msg"]
-    assert containers(docker_client, broken["name"]) == []
-    assert len(containers(docker_client, fine["name"])) == 2
+    assert service_containers(docker_client, broken["name"]) == []
+    assert len(service_containers(docker_client, fine["name"])) == 2
 
 
 def test_a_prometheus_that_does_not_answer_is_waited_for_once_per_run(services, docker_client):
@@ -244,4 +239,4 @@ def test_a_prometheus_that_does_not_answer_is_waited_for_once_per_run(services, 
         ("hold", ["q1", "q2"], outage)
     ] * 3, result["decisions"]
     assert len(accepted) == 1, "one query waited for, not six"
-    assert all(containers(docker_client, d["name"]) == [] for d in definitions)
+    assert all(service_containers(docker_client, d["name"]) == [] for d in definitions)
