@@ -210,6 +210,7 @@ class Demo:
         self.set_load(5)
         self.watch(self.args.cooldown, until=lambda: self.samples[-1][3] == 1 and self.elapsed() > 10)
         self.stop_cycles.set()
+        cycler.join(180)  # the cycle in flight reports its decision before the summary
         self.set_load(0)
         failed = sum(len(load.failures) for load in self.all_loads)
         ok = sum(load.ok for load in self.all_loads)

@@ -16,7 +16,9 @@ step_lint() {
 }
 step_sanity() { bash scripts/ansible-test.sh sanity; }
 step_unit() { pytest -q tests/unit; }
-step_integration() { pytest -q tests/integration; }
+# Integration tests mostly wait on real components (health checks, elections, cooldowns): files run
+# side by side, each on one worker, with its own stack on free ports.
+step_integration() { pytest -q -n "${SKYNET_TEST_WORKERS:-4}" --dist loadfile tests/integration; }
 step_molecule() {
   # Each role's scenarios (or those of the roles in MOLECULE_ROLES) in systemd containers of the
   # image molecule-image.sh builds.
@@ -46,19 +48,25 @@ step_leftovers() {
   # The harness names its work dirs skynet-stack-* under $TMPDIR: none, nor any process using
   # one, may remain (other clones' runs use other TMPDIRs). Nor may a container's network
   # namespace: a leaked one keeps its port-forwarding rules, which then capture the traffic of
-  # whatever later listens on that loopback port.
-  local dirs procs ctrs netns
+  # whatever later listens on that loopback port. Nor a bridge or veth of the multi-host stack
+  # (tests/harness/multihost.py names them skyb-*).
+  local dirs procs ctrs netns links
   dirs=$(find "$TMPDIR" -maxdepth 1 -name 'skynet-stack-*' 2>/dev/null)
   procs=$(pgrep -af "$TMPDIR/skynet-stack-" | grep -v pgrep)
   ctrs=$(comm -13 <(echo "$molecule_before" | sort) <(podman ps -aq --filter label=owner=molecule 2>/dev/null | sort))
   netns=$(comm -13 <(echo "$netns_before" | sort) <(netns_list | sort))
-  [ -z "$dirs$procs$ctrs$netns" ] || { echo "left behind:"; echo "$dirs"; echo "$procs"; echo "$ctrs"; echo "$netns"; return 1; }
+  links=$(comm -13 <(echo "$links_before" | sort) <(skyb_links | sort))
+  [ -z "$dirs$procs$ctrs$netns$links" ] || {
+    echo "left behind:"; echo "$dirs"; echo "$procs"; echo "$ctrs"; echo "$netns"; echo "$links"; return 1
+  }
 }
 
 # Molecule containers that other work on this machine already had are not this run's leftovers.
 molecule_before=$(podman ps -aq --filter label=owner=molecule 2>/dev/null)
 netns_list() { ip netns list 2>/dev/null | awk '{print $1}'; }
 netns_before=$(netns_list)
+skyb_links() { ip -o link show 2>/dev/null | awk -F': ' '{sub(/@.*/, "", $2); print $2}' | grep '^skyb-'; }
+links_before=$(skyb_links)
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(lint sanity unit integration molecule build leftovers)
 passed=() failed=() times=()

@@ -380,6 +380,7 @@ class Metrics:
             "skynet_registrator_resyncs_total",
             "skynet_registrator_rejected_total",
             "skynet_registrator_rejected",
+            "skynet_registrator_stats_errors_total",
         ):
             self.set(name, 0)
         self.set("skynet_registrator_last_resync_timestamp_seconds", 0)

@@ -164,7 +164,7 @@ def test_the_recorded_color_is_rendered_served_and_kept_when_consul_is_down(node
     assert node.served() == f"{web}_green" and node.page() == "green" and node.page(preview=True) == "blue"
     assert node.worker() == before, "switched by set map, without a reload"
     node.reload()
-    assert {node.page() for _ in range(6)} == {"green"}, "a reload reads green from the file"
+    assert {node.page() for _attempt in range(6)} == {"green"}, "a reload reads green from the file"
 
     tasks, rc = node.role(tmp_path, haproxy_live={node.other: "green"})
     assert rc == 0 and not tasks[WRITE_LIVE]["changed"] and SET_MAP not in tasks, tasks
@@ -236,7 +236,7 @@ def test_a_reload_reads_the_recorded_color_before_any_role_run(node):
     assert (node.map_dir / "preview.map").read_text() == f"{web} {web}_blue\n{other} {other}_green\n"
     assert node.page() == "blue", "the files only: the running HAProxy is the release's"
     node.reload()
-    assert {node.page() for _ in range(6)} == {"green"} and node.page(preview=True) == "blue"
+    assert {node.page() for _attempt in range(6)} == {"green"} and node.page(preview=True) == "blue"
 
     again = hook(node)
     assert again.returncode == 0 and again.stderr == "", again.stderr

@@ -409,6 +409,8 @@ def test_metrics_render_in_the_prometheus_text_format():
     assert "skynet_registrator_registrations 3" in lines
     assert "skynet_registrator_last_resync_timestamp_seconds 1764090000.125" in lines
     assert "skynet_registrator_resyncs_total 0" in lines
+    # A counter that exists before its first failure: increase() then sees that failure.
+    assert "skynet_registrator_stats_errors_total 0" in lines
     assert text.endswith("\n")
     assert all(line.startswith(("# HELP", "# TYPE", "skynet_registrator_")) for line in lines)
 
