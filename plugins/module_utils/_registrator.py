@@ -21,6 +21,7 @@ import queue
 import re
 import signal
 import socket
+import socketserver
 import threading
 import time
 from dataclasses import dataclass, field
@@ -825,11 +826,19 @@ class _MetricsHandler(BaseHTTPRequestHandler):
         return
 
 
+class _MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def server_bind(self):
+        # HTTPServer looks its own address up in DNS (getfqdn): seconds lost where no resolver answers.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
 def serve_metrics(metrics, address):
     """Serves /metrics on HOST:PORT in a daemon thread; returns the server."""
     handler = type("MetricsHandler", (_MetricsHandler,), {"metrics": metrics})
-    server = ThreadingHTTPServer(parse_address(address), handler)
-    server.daemon_threads = True
+    server = _MetricsServer(parse_address(address), handler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
 

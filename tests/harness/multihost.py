@@ -333,12 +333,9 @@ class MultiHost:
                 if registrator is not None:
                     registrator.signal(signal.SIGTERM)
             try:
-                self.stack.close()
+                self.stack.close()  # it also waits for (and then kills) what still runs from its work dir
             except HarnessError as e:
                 errors.append(str(e))
-            left = self._wait_processes_gone(15)
-            if left:
-                errors.append(f"processes of {self.stack.workdir} still running after 15 s, killed: {left}")
             for ns in reversed(self._netns):
                 if run(["ip", "netns", "delete", ns], check=False).returncode and self._exists_netns(ns):
                     errors.append(f"network namespace {ns} not deleted")
@@ -377,26 +374,6 @@ class MultiHost:
         with _locked():
             RECORDS.mkdir(parents=True, exist_ok=True)
             self._record_path().write_text(json.dumps(record))
-
-    def _processes(self) -> list[int]:
-        """Pids of the processes whose command line names the work dir (conmon outlives `podman rm`)."""
-        mark, pids = str(self.stack.workdir).encode(), []
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if mark in (proc / "cmdline").read_bytes():
-                        pids.append(int(proc.name))
-        return pids
-
-    def _wait_processes_gone(self, timeout: float) -> list[int]:
-        """Waits for them to exit; SIGKILLs those left after timeout and returns their pids."""
-        deadline = time.monotonic() + timeout
-        while (left := self._processes()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        return left
 
     def logs(self, lines: int = 40) -> str:
         return self.stack.logs(lines)

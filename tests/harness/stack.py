@@ -6,11 +6,14 @@ close() undoes all of it in reverse order, also after a failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,9 +72,34 @@ class Stack:
                 fn()
             except Exception as e:  # noqa: BLE001 - keep cleaning, report at the end
                 errors.append(f"{getattr(fn, '__qualname__', fn)}: {e}")
+        # conmon runs `podman ... container cleanup` after a container exits, which writes into the
+        # engine's storage again: the work dir goes once nothing naming it runs any more.
+        left = self._wait_processes_gone(15)
+        if left:
+            errors.append(f"processes of {self.workdir} still running after 15 s, killed: {left}")
         shutil.rmtree(self.workdir, ignore_errors=True)
         if errors:
             raise HarnessError("cleanup failed: " + "; ".join(errors))
+
+    def _processes(self) -> list[int]:
+        """Pids of the processes whose command line names the work dir."""
+        mark, pids = str(self.workdir).encode(), []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and int(proc.name) != os.getpid():
+                with contextlib.suppress(OSError):
+                    if mark in (proc / "cmdline").read_bytes():
+                        pids.append(int(proc.name))
+        return pids
+
+    def _wait_processes_gone(self, timeout: float) -> list[int]:
+        """Waits for them to exit; SIGKILLs those left after timeout and returns their pids."""
+        deadline = time.monotonic() + timeout
+        while (left := self._processes()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return left
 
     # -- components -------------------------------------------------------------------------
 
