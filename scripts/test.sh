@@ -70,16 +70,25 @@ links_before=$(skyb_links)
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(lint sanity unit integration molecule build leftovers)
 passed=() failed=() times=()
+# Each step's output is kept too, so that the end of a failed step (pytest's summary of what failed) is
+# printed again last, where a CI log cut to its tail still shows it.
+logs="$TMPDIR/test-steps" && rm -rf "$logs" && mkdir -p "$logs"
 for s in "${steps[@]}"; do
   printf '\n\033[1m== %s ==\033[0m\n' "$s"
   start=$SECONDS
-  if "step_$s"; then passed+=("$s"); else failed+=("$s"); fi
+  "step_$s" 2>&1 | tee "$logs/$s.log"
+  if [ "${PIPESTATUS[0]}" -eq 0 ]; then passed+=("$s"); else failed+=("$s"); fi
   times+=("$s $((SECONDS - start))s")
 done
 IFS=, ; summary="${times[*]}"; unset IFS
 if [ ${#failed[@]} -eq 0 ]; then
   printf '\n\033[32mmake test: %d passed, 0 failed (%s)\033[0m\n' "${#passed[@]}" "${summary//,/, }"
 else
+  for s in "${failed[@]}"; do
+    printf '\n\033[1m== %s failed; the end of its output ==\033[0m\n' "$s"
+    grep -E '^(FAILED|ERROR) |^[0-9]+ (passed|failed)|^left behind|Error|error:|failed' "$logs/$s.log" | tail -n 30
+    tail -n 15 "$logs/$s.log"
+  done
   printf '\n\033[31mmake test: %d passed, %d failed: %s (%s)\033[0m\n' "${#passed[@]}" "${#failed[@]}" "${failed[*]}" "${summary//,/, }"
   exit 1
 fi

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 MARKER_LABEL = "io.skynet.managed"
 SERVICE_LABEL = "io.skynet.service"
 COLOR_LABEL = "io.skynet.color"
+HOST_LABEL = "io.skynet.host"  # the pool host a container was placed on
 SCALE_IN_POLICIES = ("newest_first", "oldest_first")
 
 
@@ -29,6 +30,8 @@ class Instance:
     port: int
     created: float
     state: str = "running"
+    host: str = ""  # the pool host (or EC2 subnet) it runs on
+    zone: str = ""
 
     def as_dict(self):
         return asdict(self)
@@ -89,6 +92,15 @@ class ComputeDriver(abc.ABC):
     def remove(self, instance: Instance, stop_timeout: int = 10) -> None:
         """Stops and deletes one instance; removing one already gone is not an error."""
 
+    def choose_removals(self, candidates: list[Instance], n: int, scale_in: str = "newest_first") -> list[Instance]:
+        """The n of candidates a scale-in removes, in order; a pool takes them where the service has most."""
+        by_age = sorted(candidates, key=lambda i: (i.created, i.id))
+        return (list(reversed(by_age)) if scale_in == "newest_first" else by_age)[:n]
+
+    def unavailable(self) -> dict:
+        """{host: why} of the parts of the compute that did not answer in this run (a pool skips them)."""
+        return {}
+
 
 @dataclass
 class Plan:
@@ -101,11 +113,12 @@ class Plan:
         return bool(self.create or self.replace or self.remove)
 
 
-def plan(current: list[Instance], count: int, image: str | None, scale_in: str = "newest_first") -> Plan:
+def plan(current: list[Instance], count: int, image: str | None, scale_in: str = "newest_first", choose=None) -> Plan:
     """What turns current (one service, one color) into count instances running image.
 
     Instances with another image are replaced one at a time; surplus instances are removed,
-    those with a stale image first, then by the scale-in policy.
+    those with a stale image first, then by the scale-in policy, or by choose(candidates, n, scale_in)
+    when given (a pool's placement).
     """
     if count < 0:
         raise ValueError("count must be 0 or more")
@@ -117,6 +130,10 @@ def plan(current: list[Instance], count: int, image: str | None, scale_in: str =
     fresh = [i for i in ordered if i not in stale]
     surplus = max(len(current) - count, 0)
     # Stale instances leave first; they are cheaper to drop than to replace.
-    remove = (stale + fresh)[:surplus]
+    if choose is None:
+        remove = (stale + fresh)[:surplus]
+    else:
+        gone = choose(stale, min(surplus, len(stale)), scale_in)
+        remove = gone + choose(fresh, surplus - len(gone), scale_in)
     keep_stale = [i for i in stale if i not in remove]
     return Plan(create=max(count - len(current), 0), replace=keep_stale, remove=remove)

@@ -10,6 +10,7 @@ import uuid
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import (
     COLOR_LABEL,
+    HOST_LABEL,
     MARKER_LABEL,
     SERVICE_LABEL,
     ComputeDriver,
@@ -65,8 +66,10 @@ class DockerDriver(ComputeDriver):
         tls_client_key=None,
         validate_certs=True,
         timeout=60,
+        host_name="",
+        zone="",
     ):
-        self.docker_host = docker_host
+        self.docker_host, self.host_name, self.zone = docker_host, host_name, zone
         self.advertise_address = advertise_address
         self.bind_address = bind_address or advertise_address
         tls = None
@@ -104,13 +107,14 @@ class DockerDriver(ComputeDriver):
                 raise self._fail(f"inspect image {spec.image}", e) from e
 
     def list(self, service, color=None):
-        labels = [f"{MARKER_LABEL}=true", f"{SERVICE_LABEL}={service}"]
+        """Instances of service (of every service when service is None), oldest first."""
+        labels = [f"{MARKER_LABEL}=true"] + ([f"{SERVICE_LABEL}={service}"] if service else [])
         if color:
             labels.append(f"{COLOR_LABEL}={color}")
         try:
             containers = self.client.containers.list(all=True, filters={"label": labels})
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-            raise self._fail(f"list the containers of {service}", e) from e
+            raise self._fail(f"list the containers of {service or 'every service'}", e) from e
         instances = [self._instance(c) for c in containers]
         return sorted(instances, key=lambda i: (i.created, i.id))
 
@@ -130,6 +134,8 @@ class DockerDriver(ComputeDriver):
             port=port,
             created=float(labels.get(CREATED_LABEL, 0)),
             state=container.status,
+            host=self.host_name,
+            zone=self.zone,
         )
 
     def create(self, spec: Spec) -> Instance:
@@ -142,6 +148,8 @@ class DockerDriver(ComputeDriver):
             CREATED_LABEL: f"{time.time():.6f}",
             "io.skynet.image": spec.image,
         }
+        if self.host_name:
+            labels[HOST_LABEL] = self.host_name
         kwargs = dict(
             image=spec.image,
             name=name,

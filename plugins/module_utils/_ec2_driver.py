@@ -8,6 +8,7 @@ import math
 import time
 import uuid
 
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _placement
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import (
     COLOR_LABEL,
     MARKER_LABEL,
@@ -107,7 +108,23 @@ def to_instance(described):
         port=int(tags.get(PORT_TAG) or 0),
         created=float(created),
         state=instance_state((described.get("State") or {}).get("Name", "")),
+        host=described.get("SubnetId") or "",
+        zone=(described.get("Placement") or {}).get("AvailabilityZone") or "",
     )
+
+
+SUBNET_FAILURES = (
+    "InsufficientInstanceCapacity",
+    "InsufficientFreeAddressesInSubnet",
+    "Unsupported",
+    "InvalidSubnetID",
+    "is unreachable",
+)
+
+
+def _subnet_failure(error):
+    """Whether a failed run_instances is the subnet's (or its zone's) and another subnet may succeed."""
+    return any(code in str(error) for code in SUBNET_FAILURES)
 
 
 def describe_error(error):
@@ -138,11 +155,15 @@ class Ec2Driver(ComputeDriver):
         wait_timeout=120,
         delay=5,
         client=None,
+        subnets=(),
     ):
         self.endpoint_url = endpoint_url
         self.region = region
         self.instance_type = instance_type or "t3.micro"
         self.subnet_id = subnet_id
+        # (subnet id, zone) pairs a new instance is spread over: the placement rules, subnets as hosts.
+        self.subnets = tuple(subnets) or (((subnet_id, ""),) if subnet_id else ())
+        self.down = {}
         self.security_groups = list(security_groups or ())
         self.key_name = key_name
         self.user_data = user_data
@@ -173,12 +194,39 @@ class Ec2Driver(ComputeDriver):
         self.region = self.client.meta.region_name
 
     @classmethod
-    def from_params(cls, params):
+    def from_params(cls, params, subnets=()):
         """The driver from a module's ec2_argument_spec() options (and its wait_timeout)."""
         return cls(
             **{k: params.get(k) for k in ec2_argument_spec()},
             wait_timeout=params.get("wait_timeout") or 120,
+            subnets=subnets,
         )
+
+    def unavailable(self):
+        return dict(self.down)
+
+    def _subnet_for(self, spec):
+        """The subnet with the fewest instances of the service (then overall, then by zone), not failing."""
+        if not self.subnets:
+            return None
+        hosts = [_placement.Host(s, z, available=s not in self.down) for s, z in self.subnets]
+        placed = [_placement.Placed(i.host, i.id, i.service, i.created) for i in self.list(spec.service)]
+        chosen = _placement.place(hosts, placed, spec.service, 1)
+        if not chosen.hosts:
+            raise SkynetError(f"{self._where()}: {chosen.reason}")
+        return chosen.hosts[0]
+
+    def choose_removals(self, candidates, n, scale_in="newest_first"):
+        if not self.subnets or n <= 0 or not candidates:
+            return super().choose_removals(candidates, n, scale_in)
+        hosts = [_placement.Host(s, z) for s, z in self.subnets]
+        known = {s for s, _z in self.subnets}
+        by_id = {i.id: i for i in candidates}
+        # Instances in a subnet no longer listed go first: they are not where the service should run.
+        strays = [i for i in candidates if i.host not in known][:n]
+        placed = [_placement.Placed(i.host, i.id, i.service, i.created) for i in candidates if i.host in known]
+        chosen = _placement.choose_removals(hosts, placed, candidates[0].service, n - len(strays), scale_in)
+        return strays + [by_id[p.id] for p in chosen]
 
     def _where(self):
         if self.endpoint_url:
@@ -234,6 +282,17 @@ class Ec2Driver(ComputeDriver):
         return sorted(instances, key=lambda i: (i.created, i.id))
 
     def create(self, spec: Spec) -> Instance:
+        while True:
+            subnet = self._subnet_for(spec)
+            try:
+                return self._create(spec, subnet)
+            except SkynetError as e:
+                if subnet is None or not _subnet_failure(e):
+                    raise
+                # The subnet cannot take an instance now (no capacity, no address left): the others can.
+                self.down.setdefault(subnet, str(e))
+
+    def _create(self, spec, subnet):
         name = f"skynet-{spec.service}-{spec.color}-{uuid.uuid4().hex[:8]}"
         kwargs = dict(
             ImageId=spec.image,
@@ -243,8 +302,8 @@ class Ec2Driver(ComputeDriver):
             ClientToken=name,
             TagSpecifications=[{"ResourceType": "instance", "Tags": instance_tags(spec, name, time.time())}],
         )
-        if self.subnet_id:
-            kwargs["SubnetId"] = self.subnet_id
+        if subnet:
+            kwargs["SubnetId"] = subnet
         if self.security_groups:
             kwargs["SecurityGroupIds"] = self.security_groups
         if self.key_name:

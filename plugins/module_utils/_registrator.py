@@ -28,7 +28,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _names
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import COLOR_LABEL, SERVICE_LABEL, Instance
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import (
+    COLOR_LABEL,
+    HOST_LABEL,
+    SERVICE_LABEL,
+    Instance,
+)
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import register_call, registration
 
@@ -215,6 +220,7 @@ def registrations(container, address, host_id, rejected=None):
             address=address,
             port=port.host_port,
             created=0.0,
+            host=container.labels.get(HOST_LABEL, ""),
         )
         health = health_of(settings)
         body = registration(instance, health or {}, tags)

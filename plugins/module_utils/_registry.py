@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -39,7 +40,13 @@ def registration(instance, health, tags=()):
         "Address": instance.address,
         "Port": instance.port,
         "Tags": sorted({instance.color, *tags} - {""}),
-        "Meta": {"skynet_instance": instance.id, "skynet_color": instance.color, "skynet_image": instance.image},
+        "Meta": {
+            "skynet_instance": instance.id,
+            "skynet_color": instance.color,
+            "skynet_image": instance.image,
+            **({"skynet_host": instance.host} if getattr(instance, "host", "") else {}),
+            **({"skynet_zone": instance.zone} if getattr(instance, "zone", "") else {}),
+        },
         "Check": check_definition(instance, health),
     }
 
@@ -59,8 +66,23 @@ def register_call(client, body):
 
 
 class Registry:
-    def __init__(self, client):
-        self.client = client
+    """client: the Consul agent reads and KV go to; agents: {host: client of that host's own agent}, on which
+    the instances of that host are registered, drained and deregistered (so that losing one agent takes
+    only its own host's instances out of the catalog)."""
+
+    def __init__(self, client, agents=None):
+        self.client, self.agents = client, dict(agents or {})
+
+    def agent_for(self, instance):
+        return self.agents.get(getattr(instance, "host", ""), self.client)
+
+    def agent_call(self, instance, what, fn_of, *args):
+        """fn_of(client)(*args) on the instance's own agent, failures named after that agent."""
+        agent = self.agent_for(instance)
+        try:
+            return fn_of(agent)(*args)
+        except Exception as e:  # py-consul raises requests and consul errors alike
+            raise SkynetError(f"{describe_failure(agent, e)} (while trying to {what})") from e
 
     def call(self, what, fn, *args, **kwargs):
         try:
@@ -92,21 +114,40 @@ class Registry:
             value = default
         return value, entry["ModifyIndex"]
 
+    def read_json_tree(self, prefix):
+        """{key below prefix: JSON value} of every key under prefix (one recursive read); bad JSON is skipped."""
+        entries = self.call(
+            f"read {prefix}", self.client.kv.get, kv_key(prefix.rstrip("/"), "Consul KV key") + "/", recurse=True
+        )[1]
+        out = {}
+        for entry in entries or ():
+            with contextlib.suppress(ValueError, TypeError):
+                out[entry["Key"][len(prefix) :]] = json.loads(entry["Value"])
+        return out
+
+    def delete(self, key):
+        return self.call(f"delete {key}", self.client.kv.delete, kv_key(key, "Consul KV key"))
+
     def write_json(self, key, value, **kwargs):
         return self.call(f"write {key}", self.client.kv.put, kv_key(key, "Consul KV key"), json.dumps(value), **kwargs)
 
     def register(self, instance, health, tags=()):
         body = registration(instance, health, tags)
-        self.call(f"register {body['ID']}", register_call(self.client, body))
+        self.agent_call(instance, f"register {body['ID']}", lambda agent: register_call(agent, body))
 
     def deregister(self, instance):
-        self.call(f"deregister {service_id(instance)}", self.client.agent.service.deregister, service_id(instance))
+        sid = service_id(instance)
+        self.agent_call(instance, f"deregister {sid}", lambda agent: agent.agent.service.deregister, sid)
 
     def drain(self, instance, reason="draining before scale-in"):
         """Takes the instance out of rotation: its health turns critical, so DNS and HAProxy drop it."""
-        self.call(
-            f"drain {service_id(instance)}", self.client.agent.service.maintenance, service_id(instance), "true", reason
-        )
+        sid = service_id(instance)
+        self.agent_call(instance, f"drain {sid}", lambda agent: agent.agent.service.maintenance, sid, "true", reason)
+
+    def registered(self, instance):
+        """Whether the instance's own agent has a registration of it."""
+        services = self.agent_call(instance, "list the agent's services", lambda agent: agent.agent.services)
+        return any((s.get("Meta") or {}).get("skynet_instance") == instance.id for s in services.values())
 
     def statuses(self, service):
         """{instance id: aggregated status} from the health endpoint (passing, warning, critical)."""
@@ -124,6 +165,16 @@ class Registry:
             drained = any(c["CheckID"].startswith("_service_maintenance:") for c in checks)
             result[meta.get("skynet_instance") or entry["Service"]["ID"]] = (status, drained)
         return result
+
+    def instances_on(self, service, hosts, color=None):
+        """Ids of the catalog's instances of service (of one color) registered as running on one of hosts."""
+        entries = self.call(f"read the health of {service}", self.client.health.service, service)[1]
+        ids = []
+        for entry in entries:
+            meta = entry["Service"].get("Meta") or {}
+            if meta.get("skynet_host") in hosts and (color is None or meta.get("skynet_color") == color):
+                ids.append(meta.get("skynet_instance") or entry["Service"]["ID"])
+        return ids
 
     def wait_passing(self, service, ids, timeout, interval=0.5):
         """Waits until every id is passing; returns the ids still not passing at the timeout."""

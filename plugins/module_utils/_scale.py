@@ -12,9 +12,16 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _names
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _computes, _names
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._computes import DEFAULT, DockerPool
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._drivers import Computes
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._host_failures import (
+    DEFAULT_GRACE,
+    HostFailures,
+    HostView,
+)
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._lock import LOCK_PREFIX, ServiceLock
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._policy import (
     State,
@@ -94,17 +101,23 @@ class Autoscaler:
         self,
         consul,
         registry,
-        driver,
+        computes,
         prometheus,
         key_prefix="skynet/scale",
         clock=time.time,
         lock_prefix=LOCK_PREFIX,
         health_grace=60,
         unhealthy_after=60,
+        host_grace=DEFAULT_GRACE,
     ):
-        self.consul, self.registry, self.driver, self.prometheus = consul, registry, driver, prometheus
+        """computes: a _drivers.Computes (the drivers by compute name), or one driver, the `default` compute."""
+        self.consul, self.registry, self.prometheus = consul, registry, prometheus
+        if not hasattr(computes, "drivers"):
+            computes = Computes({DEFAULT: DockerPool(DEFAULT)}, {DEFAULT: computes})
+        self.computes, self.host_failures = computes, HostFailures(registry, host_grace)
         self.prefix, self.clock = key_prefix.rstrip("/"), clock
         self.lock_prefix, self.health_grace, self.unhealthy_after = lock_prefix, health_grace, unhealthy_after
+        self.hosts = {}  # compute name -> HostView of this run
 
     # -- metrics -----------------------------------------------------------------------------
 
@@ -176,8 +189,14 @@ class Autoscaler:
     ):
         """Decisions in the order of the definitions; services are decided and changed `parallel` at a time."""
         policies = validate(definitions, limit)
+        used = self._computes_of(policies)
         self.registry.check()
-        self.driver.check()
+        now = self.clock()
+        for compute in sorted(set(used.values())):
+            driver = self.computes.drivers[compute]
+            driver.check()
+            record = not (check_mode or dry_run)
+            self.hosts[compute] = self.host_failures.observe(compute, driver.unavailable(), now, record=record)
         values = self.measure(policies)
 
         def one(item):
@@ -193,6 +212,20 @@ class Autoscaler:
             result.setdefault("missing", list(missing))
             result.setdefault("outage", outage)
         return results
+
+    def _computes_of(self, policies):
+        """{service: compute name}; an unknown compute, or zones no host has, fail the run before anything."""
+        used, errors = {}, []
+        for name, (definition, _policy) in policies.items():
+            try:
+                used[name] = _computes.compute_of(
+                    definition, self.computes.definitions, f"service {name}: compute"
+                ).name
+            except SkynetError as e:
+                errors.append(str(e))
+        if errors:
+            raise SkynetError("invalid scaling policies, nothing was changed: " + "; ".join(errors))
+        return used
 
     def _one(self, definition, policy, values, check_mode, dry_run, lock_wait, options):
         name = definition["name"]
@@ -237,7 +270,13 @@ class Autoscaler:
         name = definition["name"]
         now = self.clock()
         color = self.live_color(definition)
-        instances = [i for i in self.driver.list(name, color) if i.state == "running"]
+        compute = definition.get("compute") or DEFAULT
+        driver, hosts = self.computes.drivers[compute], self.hosts.get(compute) or HostView()
+        instances = [i for i in driver.list(name, color) if i.state == "running"]
+        listed = {i.id for i in instances}
+        # A host in its grace period is not listed; its instances in the catalog still count (a blip
+        # is not a loss). Once it is lost they count as gone and are replaced on the other hosts.
+        away = [i for i in self.registry.instances_on(name, set(hosts.in_grace), color) if i not in listed]
         state_raw, index = self.registry.read_versioned(self._key(name, "state"), {})
         state_raw = state_raw if isinstance(state_raw, dict) else {}
         state = State.from_dict(state_raw)
@@ -247,9 +286,12 @@ class Autoscaler:
         # the policy still sees it, so that a hold keeps the capacity the service had.
         failing = uncounted + discard
         covered = set(state_raw.get("replacement_started") or ()) & {i.id for i in failing}
-        current = len(usable) + len([i for i in failing if i.id not in covered])
+        current = len(usable) + len([i for i in failing if i.id not in covered]) + len(away)
         decision, new_state = decide(policy, current, values, state, now)
-        result = {**decision.as_dict(), "color": color, "applied": False, "error": None}
+        result = {**decision.as_dict(), "color": color, "compute": compute, "applied": False, "error": None}
+        if hosts.in_grace or hosts.lost:
+            result["unavailable_hosts"] = hosts.report()
+            result["unreachable"] = away
         replaced = [i.id for i in discard]
         total = int(state_raw.get("replacements_total") or 0) + len(replaced)
         result.update(
@@ -273,6 +315,13 @@ class Autoscaler:
             )
         if drained:
             notes.append(f"removing {len(drained)} instance(s) an interrupted run left drained")
+        if away:
+            notes.append(
+                f"{len(away)} instance(s) on host(s) not answering ({', '.join(sorted(hosts.in_grace))}) still counted "
+                f"for their grace period of {self.host_failures.grace:g}s"
+            )
+        if hosts.lost:
+            notes.append(f"host(s) {', '.join(sorted(hosts.lost))} lost: their instances are replaced on the others")
         if notes:
             result["reason"] = "; ".join([result["reason"], *notes])
         release = self.release_in_progress(name)
@@ -302,11 +351,12 @@ class Autoscaler:
         if not self.registry.write_json(self._key(name, "state"), stored, cas=index):
             result["error"] = f"the scaling state of {name} changed under this run: nothing was changed"
             return result
-        if decision.action != "hold" or discard or drained or len(usable) < decision.desired:
+        target = max(decision.desired - len(away), 0)
+        if decision.action != "hold" or discard or drained or len(usable) < target:
             image = usable[-1].image if usable else (instances[-1].image if instances else None)
             desired = Desired(
                 spec=spec_of(definition, color, image),
-                count=decision.desired,
+                count=target,
                 health=definition.get("health") or {},
                 roll=False,
                 discard=tuple(i.id for i in discard + drained),
@@ -314,7 +364,7 @@ class Autoscaler:
                 **options,
             )
             try:
-                ServiceConverger(self.driver, self.registry, fence=lock.fence).converge(desired)
+                ServiceConverger(driver, self.registry, fence=lock.fence).converge(desired)
                 result["applied"] = True
             except SkynetError as e:
                 result["error"] = str(e)

@@ -97,7 +97,7 @@ class ServiceConverger:
         statuses = self.registry.statuses(spec.service)
         unregistered = [i for i in running if i.id not in statuses]
         target_image = spec.image if desired.state == "present" and desired.roll else None
-        todo = plan(counted, count, target_image, desired.scale_in_policy)
+        todo = plan(counted, count, target_image, desired.scale_in_policy, choose=self.driver.choose_removals)
 
         out = Outcome()
         if check_mode:
@@ -156,29 +156,28 @@ class ServiceConverger:
                         f"pass their health check within {desired.wait_timeout:g}s; they were removed"
                     )
         except SkynetError as e:
-            failed = {}
+            failed = []
             for inst in started:
                 for what, undo in (("instance", self.driver.remove), ("registration", self.registry.deregister)):
                     try:
                         undo(inst)
                     except SkynetError as cleanup:
-                        failed[(what, inst.id)] = cleanup
+                        failed.append((what, inst, cleanup))
             # A cleanup step can fail on what is already gone (a registration that was refused,
             # a container removed despite an error): only what still exists is reported.
-            leftovers = [f"{what} {i} ({err})" for (what, i), err in failed.items() if self._exists(what, i, desired)]
+            leftovers = [f"{what} {i.id} ({err})" for what, i, err in failed if self._exists(what, i, desired)]
             if leftovers:
                 raise SkynetError(f"{e}; could not remove what was started: {'; '.join(leftovers)}") from e
             raise
         return started
 
-    def _exists(self, what, instance_id, desired):
+    def _exists(self, what, instance, desired):
         """Whether a started instance or its Consul registration is still there; True when that cannot be read."""
         spec = desired.spec
         try:
             if what == "instance":
-                return instance_id in {i.id for i in self.driver.list(spec.service, spec.color)}
-            services = self.registry.call("list the agent's services", self.registry.client.agent.services)
-            return any((s.get("Meta") or {}).get("skynet_instance") == instance_id for s in services.values())
+                return instance.id in {i.id for i in self.driver.list(spec.service, spec.color)}
+            return self.registry.registered(instance)
         except SkynetError:
             return True
 

@@ -92,10 +92,13 @@ options:
     description: Instances of the new color; the live color's running count when omitted.
     type: int
   compute:
-    description: Provider of the instances (see M(cyberdyne.skynet.skynet_compute)).
+    description:
+      - With O(computes), the name of the compute the instances run on (default V(default)); without it, the
+        provider, V(docker) (the default) or V(ec2). See M(cyberdyne.skynet.skynet_compute).
     type: str
-    choices: [docker, ec2]
-    default: docker
+  computes:
+    description: Named computes, as M(cyberdyne.skynet.skynet_compute) takes them.
+    type: dict
   haproxy:
     description:
       - The HAProxy nodes that route the service; all are switched together.
@@ -502,7 +505,8 @@ def main():
         if options.pre.enabled or options.post.enabled:
             prometheus = client_from_params(p)
         consul = _consul.connect(p)
-        release = BlueGreen(consul, Registry(consul), _drivers.make_driver(p), nodes, prometheus)
+        driver, computes = _drivers.make_driver(p)
+        release = BlueGreen(consul, Registry(consul, computes.agents), driver, nodes, prometheus)
         result = release.run(options, state=p["state"], check_mode=module.check_mode)
     except SkynetError as e:
         module.fail_json(msg=str(e), exception=traceback.format_exc())

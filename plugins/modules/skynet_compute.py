@@ -50,11 +50,25 @@ options:
     required: true
   compute:
     description:
-      - Provider of the instances, a Docker API endpoint (options of the docker fragment) or AWS EC2
-        (options of the ec2 fragment).
+      - With O(computes), the name of the compute the instances run on (default V(default)).
+      - Without it, the provider of the instances, V(docker) (the default), a Docker API endpoint (options of the
+        docker fragment), or V(ec2), AWS EC2 (options of the ec2 fragment).
     type: str
-    choices: [docker, ec2]
-    default: docker
+  computes:
+    description:
+      - Named computes, the C(skynet_computes) variable of the roles and playbooks; see R(docs/compute.md,
+        https://github.com/cyberdyne/skynet/blob/main/docs/compute.md).
+      - A C(type=docker) compute is a pool of C(hosts), each a dict of C(name) (a DNS label), C(url) (its Docker
+        API), C(address) (where its instances are reached and registered), optional C(bind_address),
+        C(consul_url) (that host's own Consul agent, on which its instances are registered), C(zone),
+        C(capacity) (most instances of all services) and C(tls) (C(ca_cert), C(client_cert), C(client_key),
+        C(verify)).
+      - A new instance goes to the host with the fewest instances of the service, then the fewest overall, then
+        by zone; a scale-in takes from the host with the most. A host that does not answer is skipped and
+        reported in RV(unavailable).
+      - A C(type=ec2) compute has the ec2 options (C(region), C(instance_type), ...) and C(subnets), a list of
+        C(id) and C(zone) over which instances are spread the same way. Credentials are not taken from here.
+    type: dict
   state:
     description: V(present) runs O(count) instances; V(absent) removes every instance of the color.
     type: str
@@ -143,7 +157,8 @@ instances:
   type: list
   elements: dict
   sample: [{"id": "3f2a9c1b7d10", "service": "web", "color": "blue", "image": "web:1.4",
-            "address": "127.0.0.1", "port": 40123, "created": 1764090000.5, "state": "running"}]
+            "address": "127.0.0.1", "port": 40123, "created": 1764090000.5, "state": "running",
+            "host": "local", "zone": ""}]
 created:
   description: Ids of the instances started (predicted as C((new N)) in check mode).
   returned: always
@@ -164,6 +179,12 @@ registered:
   returned: always
   type: list
   elements: str
+unavailable:
+  description:
+    - Hosts of the compute (EC2 subnets) that did not answer, or failed a start, in this run, with why; they were
+      skipped and their instances not counted.
+  returned: always
+  type: dict
 """
 
 import traceback
@@ -206,7 +227,7 @@ def main():
     missing = _drivers.missing_library(p)
     if missing:
         module.fail_json(msg=missing_required_lib(missing[0]), exception=str(missing[1]))
-    if p["compute"] == "ec2":
+    if p["compute"] == "ec2" and not p["computes"]:
         ignored = [k for k in ("host_port", "env", "command", "memory", "cpus") if p[k]]
         if ignored:
             module.warn(f"compute=ec2 ignores the Docker-only options {', '.join(ignored)}")
@@ -243,8 +264,8 @@ def main():
     )
     problem = None
     try:
-        driver = _drivers.make_driver(p)
-        registry = Registry(_consul.connect(p))
+        driver, computes = _drivers.make_driver(p)
+        registry = Registry(_consul.connect(p), computes.agents)
         if module.check_mode:
             outcome, before, after = ServiceConverger(driver, registry).converge(desired, check_mode=True)
         else:
@@ -271,6 +292,7 @@ def main():
         removed=outcome.removed,
         replaced=outcome.replaced,
         registered=outcome.registered,
+        unavailable=driver.unavailable(),
     )
     if module._diff:
         ids_before = [i.id for i in before]

@@ -54,13 +54,31 @@ attributes:
     description: A run changes something only when a policy asks for another instance count.
 options:
   compute:
-    description: Provider of the services' instances.
+    description:
+      - Without O(computes), the provider of every service's instances, V(docker) (the default) or V(ec2).
+      - With O(computes), services name their compute themselves (C(compute) in a definition).
     type: str
-    choices: [docker, ec2]
-    default: docker
+  computes:
+    description:
+      - Named computes, the C(skynet_computes) variable (see M(cyberdyne.skynet.skynet_compute) and
+        R(docs/compute.md, https://github.com/cyberdyne/skynet/blob/main/docs/compute.md)); one cycle scales
+        services on different computes (Docker pools and EC2 together).
+      - Without it, the single-endpoint options make the compute V(default), a pool of one.
+    type: dict
+  host_grace:
+    description:
+      - Seconds a host of a Docker pool (or an EC2 subnet) may fail to answer before its instances count as lost
+        and are replaced on the other hosts, counted from the first failure any run recorded in Consul KV
+        (C(skynet/compute/<compute>/hosts/<host>)).
+      - Until then its instances (from the Consul catalog) still count and nothing replaces them; the cycle goes
+        on with the other hosts and reports the host in RV(decisions[].unavailable_hosts).
+    type: float
+    default: 30
   services:
     description:
       - The service definitions, the same list the roles read. Definitions without C(scaling) are skipped.
+      - C(compute) names the compute of a service (default V(default)); C(zones) pins its instances to those
+        zones of the pool's hosts. An unknown compute, or zones no host has, fail the task before anything changes.
       - Each has C(name), C(image), C(port), C(health) (as in M(cyberdyne.skynet.skynet_compute)), C(env),
         C(color) (the color scaled when no release recorded a live color) and C(scaling).
       - A C(name) is a DNS label, 1 to 63 lower-case letters, digits and dashes, starting with a letter and
@@ -232,6 +250,21 @@ decisions:
       description: When that phase started (epoch seconds).
       type: float
       returned: when a release is in progress
+    compute:
+      description: The compute of the service.
+      type: str
+      returned: when decided
+    unavailable_hosts:
+      description:
+        - Hosts of the service's compute that did not answer, each with C(reason), C(failing_since) and C(lost)
+          (past O(host_grace), so its instances are replaced elsewhere).
+      type: dict
+      returned: when a host of the compute did not answer
+    unreachable:
+      description: Instances on hosts in their grace period, counted from the Consul catalog.
+      type: list
+      elements: str
+      returned: when a host of the compute did not answer
     warnings:
       description: What went wrong after the decision was recorded, such as a lock that could not be given back.
       type: list
@@ -266,6 +299,7 @@ def main():
             wait_timeout=dict(type="float", default=120),
             health_grace=dict(type="float", default=60),
             unhealthy_after=dict(type="float", default=60),
+            host_grace=dict(type="float", default=30),
             **_consul.consul_argument_spec(),
             **_drivers.compute_argument_spec(),
         ),
@@ -278,16 +312,17 @@ def main():
     try:
         _names.kv_key(p["key_prefix"].rstrip("/"), "key_prefix")
         consul = _consul.connect(p)
-        driver = _drivers.make_driver(p)
+        computes = _drivers.make_computes(p, zones_of=_zones_of(p["services"]))
         prometheus = client_from_params(p)
         scaler = Autoscaler(
             consul,
-            Registry(consul),
-            driver,
+            Registry(consul, computes.agents),
+            computes,
             prometheus,
             key_prefix=p["key_prefix"],
             health_grace=p["health_grace"],
             unhealthy_after=p["unhealthy_after"],
+            host_grace=p["host_grace"],
         )
         decisions = scaler.run(
             p["services"],
@@ -311,6 +346,16 @@ def main():
     if problems:
         module.fail_json(msg=". ".join(problems), decisions=decisions, changed=changed)
     module.exit_json(changed=changed, decisions=decisions)
+
+
+def _zones_of(definitions):
+    """zones_of(service) for placement: the zones a service definition is pinned to."""
+    zones = {}
+    for d in definitions:
+        if isinstance(d, dict) and isinstance(d.get("name"), str):
+            z = d.get("zones") or ()
+            zones[d["name"]] = (z,) if isinstance(z, str) else tuple(z)
+    return lambda service: zones.get(service, ())
 
 
 def outage_message(decisions):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -15,10 +17,45 @@ class HarnessError(RuntimeError):
     pass
 
 
+# Ports handed out come from a range of their own per pytest-xdist worker, below Linux's ephemeral
+# range (32768-60999): the kernel's port-0 choice may give one port twice in a row (a Consul agent once
+# got the same port for HTTP and DNS), another worker may be handed it in between, and outgoing
+# connections take ephemeral ports too.
+PORT_BASE, PORTS_PER_WORKER = 10000, 2500
+_handed: set[int] = set()
+_ports_lock = threading.Lock()
+_rng = random.SystemRandom()
+
+
+def _worker() -> int:
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name[2:]) % 8 if name[2:].isdigit() else 0
+
+
+def _bindable(port: int) -> bool:
+    """Whether TCP and UDP (Consul's DNS takes both) can bind the port on loopback now."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port nothing listens on, never handed out before in this process."""
+    base = PORT_BASE + _worker() * PORTS_PER_WORKER
+    with _ports_lock:
+        for _attempt in range(PORTS_PER_WORKER * 2):
+            port = _rng.randrange(base, base + PORTS_PER_WORKER)
+            if port in _handed:
+                continue
+            if not _bindable(port):
+                continue
+            _handed.add(port)
+            return port
+    raise HarnessError(f"no free port left in {base}-{base + PORTS_PER_WORKER - 1}")
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.1):

@@ -1,0 +1,141 @@
+# Copyright: Skynet developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A pool of Docker API hosts behind the ComputeDriver interface, with placement and host failure.
+
+A host that does not answer is marked unavailable for the rest of the run (which and why are kept in
+unavailable()) and skipped: its instances are not listed, nothing is placed on it. Where a new instance
+goes and which instance a scale-in takes are _placement's rules, on every managed instance of the pool.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _placement
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import ComputeDriver
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+
+
+class PoolDriver(ComputeDriver):
+    name = "docker"
+
+    def __init__(self, compute, drivers, zones_of=None):
+        """compute: a _computes.DockerPool; drivers: {host name: DockerDriver, or a function making it (a client
+        asks the engine its API version: a host that does not answer fails there)}; zones_of(service): its zones."""
+        self.compute, self._drivers = compute, dict(drivers)
+        self.hosts = {h.name: h for h in compute.hosts}
+        self.zones_of = zones_of or (lambda service: ())
+        self.down = {}
+
+    def unavailable(self):
+        return dict(self.down)
+
+    def driver(self, name):
+        made = self._drivers[name]
+        if callable(made) and not isinstance(made, ComputeDriver):
+            made = self._drivers[name] = made()
+        return made
+
+    def _up(self):
+        return [name for name in self.hosts if name not in self.down]
+
+    def _each(self, fn, names=None):
+        """{host: result} of fn(driver) on every available host, side by side; a host that fails is marked down."""
+        names = self._up() if names is None else names
+
+        def one(name):
+            try:
+                return name, fn(self.driver(name)), None
+            except SkynetError as e:
+                return name, None, e
+
+        results = {}
+        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+            for name, value, error in pool.map(one, names):
+                if error is None:
+                    results[name] = value
+                else:
+                    self.down.setdefault(name, str(error))
+        return results
+
+    def _no_host(self):
+        why = "; ".join(f"{n}: {self.down.get(n, 'unavailable')}" for n in self.hosts)
+        return SkynetError(f"compute {self.compute.name}: no Docker host answers ({why})")
+
+    def check(self, spec=None):
+        self._each(lambda d: d.check(None))
+        if not self._up():
+            raise self._no_host()
+        if spec is not None:
+            # A missing image is the user's to fix, on every host: it is an error, not a host failure.
+            missing = []
+            for name in self._up():
+                try:
+                    self.driver(name).check(spec)
+                except SkynetError as e:
+                    if "is not on the Docker API engine" not in str(e):
+                        self.down.setdefault(name, str(e))
+                    else:
+                        missing.append(name)
+            if missing:
+                raise SkynetError(
+                    f"image {spec.image!r} is not on the Docker API engine of host(s) {', '.join(missing)} of compute "
+                    f"{self.compute.name} ({', '.join(self.hosts[n].url for n in missing)}): pull, load or "
+                    "build it on every host of the pool first"
+                )
+            if not self._up():
+                raise self._no_host()
+
+    def list(self, service, color=None):
+        found = self._each(lambda d: d.list(service, color))
+        return sorted((i for instances in found.values() for i in instances), key=lambda i: (i.created, i.id))
+
+    def _placement_hosts(self):
+        return [
+            _placement.Host(h.name, h.zone, h.capacity, available=h.name not in self.down) for h in self.hosts.values()
+        ]
+
+    def _placed(self):
+        every = self.list(None)
+        return [_placement.Placed(i.host, i.id, i.service, i.created) for i in every if i.state == "running"]
+
+    def create(self, spec):
+        tried = []
+        while True:
+            chosen = _placement.place(
+                self._placement_hosts(), self._placed(), spec.service, 1, self.zones_of(spec.service)
+            )
+            if not chosen.hosts:
+                raise SkynetError(
+                    f"compute {self.compute.name}: {chosen.reason}" + (f" (tried {', '.join(tried)})" if tried else "")
+                )
+            host = chosen.hosts[0]
+            try:
+                return self.driver(host).create(spec)
+            except SkynetError as e:
+                if not _unreachable(e):
+                    raise
+                # The host stopped answering between the listing and the start: the next one gets it.
+                self.down.setdefault(host, str(e))
+                tried.append(host)
+
+    def remove(self, instance, stop_timeout=10):
+        if instance.host not in self._drivers:
+            raise SkynetError(
+                f"compute {self.compute.name}: instance {instance.id} runs on unknown host {instance.host!r}"
+            )
+        self.driver(instance.host).remove(instance, stop_timeout)
+
+    def choose_removals(self, candidates, n, scale_in="newest_first"):
+        if n <= 0 or not candidates:
+            return []
+        by_id = {i.id: i for i in candidates}
+        service = candidates[0].service
+        others = [p for p in self._placed() if p.service != service]
+        mine = [_placement.Placed(i.host, i.id, i.service, i.created) for i in candidates]
+        chosen = _placement.choose_removals(self._placement_hosts(), others + mine, service, n, scale_in)
+        return [by_id[p.id] for p in chosen if p.id in by_id]
+
+
+def _unreachable(error):
+    return "unreachable" in str(error)

@@ -1,0 +1,139 @@
+"""Named computes: parsing, the pool of one of the single-endpoint options, and the errors before anything."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _computes, _host_failures
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import Instance, plan
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._pool import PoolDriver
+
+
+def pool(*names, zone=None):
+    hosts = [{"name": n, "url": f"tcp://10.0.0.{i}:2375", "address": f"10.0.0.{i}"} for i, n in enumerate(names, 1)]
+    if zone:
+        for h in hosts:
+            h["zone"] = zone
+    return {"type": "docker", "hosts": hosts}
+
+
+def test_a_docker_pool_and_an_ec2_compute_parse_with_their_hosts_and_subnets():
+    defs = _computes.parse(
+        {
+            "default": pool("docker-1", "docker-2"),
+            "aws": {"type": "ec2", "region": "eu-west-1", "subnets": [{"id": "subnet-1", "zone": "eu-west-1a"}]},
+        }
+    )
+    assert [h.name for h in defs["default"].hosts] == ["docker-1", "docker-2"]
+    assert defs["default"].hosts[1].address == "10.0.0.2"
+    assert defs["aws"].subnets == (("subnet-1", "eu-west-1a"),)
+    assert defs["aws"].options == {"region": "eu-west-1"}
+
+
+def test_without_computes_the_single_endpoint_options_make_a_pool_of_one():
+    defs = _computes.resolve({"docker_host": "unix:///run/podman/podman.sock", "advertise_address": "10.1.1.1"})
+    (host,) = defs["default"].hosts
+    assert (host.url, host.address) == ("unix:///run/podman/podman.sock", "10.1.1.1")
+    ec2 = _computes.resolve({"compute": "ec2", "region": "us-east-1", "subnet_id": "subnet-9"})["default"]
+    assert ec2.type == "ec2" and ec2.subnets == (("subnet-9", ""),)
+
+
+@pytest.mark.parametrize(
+    ("computes", "message"),
+    [
+        ({"default": {"type": "docker", "hosts": []}}, "needs hosts"),
+        ({"default": {"type": "k8s"}}, "type 'k8s' is not one of docker, ec2"),
+        ({"Bad_Name": pool("a")}, "computes name 'Bad_Name' is not a valid service name"),
+        (
+            {"default": {"type": "docker", "hosts": [pool("a")["hosts"][0], {**pool("a")["hosts"][0], "name": "b"}]}},
+            "hosts[0] and hosts[1] have the same url 'tcp://10.0.0.1:2375': one endpoint, one entry",
+        ),
+        (
+            {"default": {"type": "docker", "hosts": [{"name": "a", "url": "tcp://x:1"}]}},
+            "address None is not an address",
+        ),
+        ({"default": {"type": "docker", "hosts": [{**pool("a")["hosts"][0], "capacity": -1}]}}, "capacity must be"),
+        (
+            {"aws": {"type": "ec2", "aws_secret_access_key": "s3cr3t"}},
+            "credentials (aws_secret_access_key) do not belong",
+        ),
+    ],
+)
+def test_bad_computes_are_refused_naming_the_problem(computes, message):
+    with pytest.raises(SkynetError) as e:
+        _computes.parse(computes)
+    assert message in str(e.value)
+    assert "s3cr3t" not in str(e.value)
+
+
+def test_a_service_naming_an_unknown_compute_or_a_zone_no_host_has_is_refused():
+    defs = _computes.parse({"default": pool("a", "b", zone="z1")})
+    assert _computes.compute_of({"name": "web"}, defs).name == "default"
+    with pytest.raises(SkynetError, match="compute 'gpu' is not a defined compute \\(defined: default\\)"):
+        _computes.compute_of({"name": "web", "compute": "gpu"}, defs)
+    with pytest.raises(SkynetError, match="pinned to zone\\(s\\) z9, which no host or subnet of compute default has"):
+        _computes.compute_of({"name": "web", "zones": ["z9"]}, defs)
+
+
+def test_a_host_is_in_its_grace_period_then_lost_then_returned():
+    view, create, delete = _host_failures.assess({}, {"b": "refused"}, now=100, grace=30)
+    assert view.in_grace == {"b": "refused"} and not view.lost and create == {"b": {"since": 100, "reason": "refused"}}
+    records = {"b": {"since": 100}}
+    view, create, delete = _host_failures.assess(records, {"b": "refused"}, now=131, grace=30)
+    assert view.lost == {"b": "refused"} and not create and not delete
+    assert view.report() == {"b": {"reason": "refused", "failing_since": 100, "lost": True}}
+    view, create, delete = _host_failures.assess(records, {}, now=140, grace=30)
+    assert view.returned == ("b",) and delete == ["b"]
+    view, _create, _delete = _host_failures.assess(records, {}, now=110, grace=30)
+    assert view.returned == ()  # back within its grace period: it was never lost
+
+
+def inst(i, host, created=None, service="web"):
+    return Instance(f"i{i}", service, "blue", "img", "10.0.0.1", 1000 + i, created or float(i), host=host)
+
+
+class Lister:
+    """The part of DockerDriver a pool uses for listing: a fixed set of instances."""
+
+    def __init__(self, instances):
+        self.instances = instances
+
+    def list(self, service, color=None):
+        return [i for i in self.instances if service is None or i.service == service]
+
+
+def test_a_pool_scales_in_where_the_service_has_most_and_plan_uses_it():
+    defs = _computes.parse({"default": pool("a", "b", "c")})
+    mine = [inst(1, "a"), inst(2, "a"), inst(3, "a"), inst(4, "b"), inst(5, "c")]
+    drivers = {h: Lister([i for i in mine if i.host == h]) for h in "abc"}
+    driver = PoolDriver(defs["default"], drivers)
+    assert [i.id for i in driver.choose_removals(mine, 2)] == ["i3", "i2"]
+    todo = plan(mine, 3, "img", choose=driver.choose_removals)
+    assert [i.host for i in todo.remove] == ["a", "a"]
+    # Without a pool, the newest go first.
+    assert [i.id for i in plan(mine, 3, "img").remove] == ["i5", "i4"]
+
+
+def test_the_default_pool_of_an_inventory_takes_each_hosts_own_api_address_and_agent():
+    hosts = [
+        ("dock1", {"registrator_advertise_address": "10.0.0.11", "registrator_docker_host": "unix:///run/d.sock"}),
+        ("Dock_2.example", {"ansible_facts": {"default_ipv4": {"address": "10.0.0.12"}}, "skynet_zone": "b"}),
+        ("dock3", {"ansible_host": "10.0.0.13", "skynet_docker_url": "tcp://10.0.0.13:2375", "skynet_capacity": 5}),
+    ]
+    pool = _computes.pool_from_hosts(hosts, local="dock1", local_consul_url="http://127.0.0.1:8500")
+    parsed = _computes.parse(pool)["default"]
+    a, b, c = parsed.hosts
+    assert (a.name, a.url, a.address, a.consul_url) == (
+        "dock1",
+        "unix:///run/d.sock",
+        "10.0.0.11",
+        "http://127.0.0.1:8500",
+    )
+    assert (b.name, b.url, b.consul_url, b.zone) == (
+        "dock-2-example",
+        "tcp://10.0.0.12:2376",
+        "http://10.0.0.12:8500",
+        "b",
+    )
+    assert (c.url, c.address, c.capacity) == ("tcp://10.0.0.13:2375", "10.0.0.13", 5)
+    assert _computes.pool_from_hosts([]) == {}
