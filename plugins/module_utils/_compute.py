@@ -92,6 +92,20 @@ class ComputeDriver(abc.ABC):
     def remove(self, instance: Instance, stop_timeout: int = 10) -> None:
         """Stops and deletes one instance; removing one already gone is not an error."""
 
+    def create_many(self, spec: Spec, n: int, before=None) -> tuple[list[Instance], Exception | None]:
+        """Starts n instances (before() ahead of each); (those started, the error that stopped it or None).
+
+        One after the other here; a pool starts them on their hosts side by side."""
+        started = []
+        try:
+            for _new in range(n):
+                if before:
+                    before()
+                started.append(self.create(spec))
+        except Exception as e:  # noqa: BLE001 - the caller undoes what was started and raises it
+            return started, e
+        return started, None
+
     def choose_removals(self, candidates: list[Instance], n: int, scale_in: str = "newest_first") -> list[Instance]:
         """The n of candidates a scale-in removes, in order; a pool takes them where the service has most."""
         by_age = sorted(candidates, key=lambda i: (i.created, i.id))

@@ -173,8 +173,9 @@ def legacy(params):
         return Ec2Compute(DEFAULT, {k: v for k, v in raw.items() if k != "subnet_id"}, _legacy_subnets(params))
     tls = {"ca_cert": params.get("tls_ca_cert"), "client_cert": params.get("tls_client_cert")}
     tls.update(client_key=params.get("tls_client_key"), verify=params.get("validate_certs", True))
+    # The one endpoint has no name: its instances name no host (they are on the node they are registered on).
     host = DockerHost(
-        name="local",
+        name="",
         url=params.get("docker_host") or "unix:///var/run/docker.sock",
         address=params.get("advertise_address") or "127.0.0.1",
         bind_address=params.get("bind_address") or "",

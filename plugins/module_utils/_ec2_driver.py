@@ -84,7 +84,7 @@ def instance_tags(spec, name, created):
 def tag_filters(service, color=None):
     filters = [
         {"Name": f"tag:{MARKER_LABEL}", "Values": ["true"]},
-        {"Name": f"tag:{SERVICE_LABEL}", "Values": [service]},
+        *([{"Name": f"tag:{SERVICE_LABEL}", "Values": [service]}] if service else []),
         {"Name": "instance-state-name", "Values": list(LISTED_STATES)},
     ]
     if color:
@@ -278,7 +278,7 @@ class Ec2Driver(ComputeDriver):
                 for reservation in page["Reservations"]:
                     instances.extend(to_instance(i) for i in reservation["Instances"])
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
-            raise self._fail(f"list the instances of {service}", e) from e
+            raise self._fail(f"list the instances of {service or 'every service'}", e) from e
         return sorted(instances, key=lambda i: (i.created, i.id))
 
     def create(self, spec: Spec) -> Instance:

@@ -59,7 +59,7 @@ class PoolDriver(ComputeDriver):
         return results
 
     def _no_host(self):
-        why = "; ".join(f"{n}: {self.down.get(n, 'unavailable')}" for n in self.hosts)
+        why = "; ".join(f"{n or h.url}: {self.down.get(n, 'unavailable')}" for n, h in self.hosts.items())
         return SkynetError(f"compute {self.compute.name}: no Docker host answers ({why})")
 
     def check(self, spec=None):
@@ -118,6 +118,42 @@ class PoolDriver(ComputeDriver):
                 # The host stopped answering between the listing and the start: the next one gets it.
                 self.down.setdefault(host, str(e))
                 tried.append(host)
+
+    def create_many(self, spec, n, before=None):
+        """Places the n at once, then starts each host's share on it, the hosts side by side. A host that stops
+        answering meanwhile has its share started on the others, one by one, as create() does."""
+        if n <= 1:
+            return super().create_many(spec, n, before)
+        chosen = _placement.place(self._placement_hosts(), self._placed(), spec.service, n, self.zones_of(spec.service))
+        if chosen.unplaced:
+            return [], SkynetError(f"compute {self.compute.name}: {chosen.reason}")
+        shares = {}
+        for host in chosen.hosts:
+            shares[host] = shares.get(host, 0) + 1
+
+        def on(host):
+            made = []
+            try:
+                for _new in range(shares[host]):
+                    if before:
+                        before()
+                    made.append(self.driver(host).create(spec))
+            except SkynetError as e:
+                if not _unreachable(e):
+                    return made, e, 0
+                self.down.setdefault(host, str(e))
+                return made, None, shares[host] - len(made)
+            return made, None, 0
+
+        started, error, left = [], None, 0
+        with ThreadPoolExecutor(max_workers=len(shares)) as pool:
+            for made, failed, missing in pool.map(on, shares):
+                started.extend(made)
+                error, left = error or failed, left + missing
+        if error is None and left:
+            more, error = super().create_many(spec, left, before)
+            started.extend(more)
+        return started, error
 
     def remove(self, instance, stop_timeout=10):
         if instance.host not in self._drivers:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
@@ -12,6 +13,26 @@ import time
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul import describe_failure
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import kv_key
+
+TXN_OPS = 64  # the most operations Consul takes in one transaction
+
+
+def _chunks(items, n):
+    return [items[i : i + n] for i in range(0, len(items), n)]
+
+
+def _b64(value):
+    return base64.b64encode(json.dumps(value).encode()).decode()
+
+
+def _json(b64):
+    """The JSON value of a base64 KV value from a transaction; None when absent or not JSON."""
+    if b64 is None:
+        return None
+    try:
+        return json.loads(base64.b64decode(b64))
+    except ValueError:
+        return None
 
 
 def service_id(instance):
@@ -123,6 +144,66 @@ class Registry:
         for entry in entries or ():
             with contextlib.suppress(ValueError, TypeError):
                 out[entry["Key"][len(prefix) :]] = json.loads(entry["Value"])
+        return out
+
+    def keys(self, prefix):
+        """Every key under prefix (names only: one cheap read)."""
+        found = self.call(
+            f"list {prefix}", self.client.kv.get, kv_key(prefix.rstrip("/"), "Consul KV key") + "/", keys=True
+        )
+        return found[1] or []
+
+    def read_many(self, keys):
+        """{key: (JSON value or None, ModifyIndex)} of those keys that exist, TXN_OPS per transaction."""
+        out = {}
+        for chunk in _chunks(sorted(keys), TXN_OPS):
+            ops = [{"KV": {"Verb": "get", "Key": kv_key(k, "Consul KV key")}} for k in chunk]
+            answer = self.call(f"read {len(chunk)} keys", self.client.txn.put, ops)
+            for result in answer.get("Results") or ():
+                entry = result.get("KV") or {}
+                out[entry.get("Key")] = (_json(entry.get("Value")), entry.get("ModifyIndex", 0))
+        return out
+
+    def write_many(self, writes):
+        """Writes [(key, JSON value, check-and-set index or None)], TXN_OPS per transaction; the keys not written.
+
+        A check-and-set that fails rolls its transaction back: that batch is then written one key at a time,
+        so only the keys whose index changed are left out.
+        """
+        refused = set()
+        for chunk in _chunks(list(writes), TXN_OPS):
+            ops = []
+            for key, value, index in chunk:
+                op = {"Verb": "set", "Key": kv_key(key, "Consul KV key"), "Value": _b64(value)}
+                if index is not None:
+                    op.update(Verb="cas", Index=index)
+                ops.append({"KV": op})
+            try:
+                self.call(f"write {len(chunk)} keys", self.client.txn.put, ops)
+                continue
+            except SkynetError:
+                pass
+            for key, value, index in chunk:
+                if not self.write_json(key, value, **({"cas": index} if index is not None else {})):
+                    refused.add(key)
+        return refused
+
+    def health_all(self):
+        """{service name: {service ID: (aggregated status, drained)}} of every registration with a check, from
+        one read of every check in the datacenter (a node's own checks count for each of its services)."""
+        checks = self.call("read every health check", self.client.health.state, "any")[1]
+        nodes, services = {}, {}
+        for c in checks:
+            if not c.get("ServiceID"):
+                nodes.setdefault(c["Node"], []).append(c["Status"])
+            else:
+                services.setdefault((c["Node"], c["ServiceName"], c["ServiceID"]), []).append(c)
+        out = {}
+        for (node, name, sid), own in services.items():
+            statuses = [c["Status"] for c in own] + nodes.get(node, [])
+            status = "critical" if "critical" in statuses else "warning" if "warning" in statuses else "passing"
+            drained = any(c["CheckID"].startswith("_service_maintenance:") for c in own)
+            out.setdefault(name, {})[sid] = (status, drained)
         return out
 
     def delete(self, key):

@@ -36,10 +36,16 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus impor
     convert_result,
     is_empty,
 )
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._scale_snapshot import (
+    BLUEGREEN_PREFIX,
+    CycleSnapshot,
+    Reads,
+    color_of,
+    release_of,
+)
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._service import Desired, ServiceConverger
 
 HISTORY = 50
-RELEASE_DONE = ("done", "rolled_back", "aborted", "failed")
 
 
 def spec_of(definition, color, image=None):
@@ -121,10 +127,11 @@ class Autoscaler:
 
     # -- metrics -----------------------------------------------------------------------------
 
-    def measure(self, policies):
+    def measure(self, policies, parallel=8):
         """{service: {check: value}}: a float (perhaps not finite), None when no series matched, or
-        Unavailable saying why it could not be read. A query that can never give one number raises."""
-        values, down = {}, None
+        Unavailable saying why it could not be read. A query that can never give one number raises.
+        Queries run `parallel` at a time; once Prometheus is unreachable the others are not sent."""
+        values, down, queries = {}, [], []
         for name, (_definition, policy) in policies.items():
             values[name] = {}
             for check in policy.checks:
@@ -132,13 +139,25 @@ class Autoscaler:
                     continue
                 if check.query is None:
                     values[name][check.name] = check.value
-                elif down:
-                    values[name][check.name] = down  # every other query would wait for it too
                 else:
-                    try:
-                        values[name][check.name] = self._query(name, check)
-                    except Unreachable as e:
-                        values[name][check.name] = down = Unavailable(str(e))
+                    queries.append((name, check))
+
+        def one(item):
+            name, check = item
+            if down:
+                return down[0]  # every other query would wait for it too
+            try:
+                return self._query(name, check)
+            except Unreachable as e:
+                down.append(Unavailable(str(e)))
+                return down[0]
+
+        # The first query alone: a Prometheus that does not answer is waited for once, not once per worker.
+        answers = [one(q) for q in queries[:1]]
+        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(queries) or 1))) as pool:
+            answers += list(pool.map(one, queries[1:]))
+        for (name, check), value in zip(queries, answers, strict=True):
+            values[name][check.name] = down[0] if down and isinstance(value, Unavailable) else value
         return values
 
     def _query(self, service, check):
@@ -169,18 +188,20 @@ class Autoscaler:
     def _key(self, service, leaf):
         return f"{self.prefix}/{service}/{leaf}"
 
-    def release_in_progress(self, service):
-        """{phase, since} of a blue/green release of service that has not ended, else None."""
-        release = self.registry.read_json(f"skynet/bluegreen/{service}/release")
-        if not isinstance(release, dict) or release.get("phase") in RELEASE_DONE:
-            return None
-        phases = [p for p in release.get("phases") or [] if isinstance(p, dict)]
-        since = phases[-1].get("started") if phases else release.get("started")
-        return {"phase": release.get("phase") or "unknown", "since": since}
-
-    def live_color(self, definition):
-        live = self.registry.read_json(f"skynet/bluegreen/{definition['name']}/live")
-        return live if live in _names.COLORS else definition.get("color", "blue")
+    def live_reads(self, definition):
+        """Reads of one service from Consul and its compute now (under its lock)."""
+        name = definition["name"]
+        driver = self.computes.driver_of(definition)
+        color = color_of(definition, self.registry.read_json(f"{BLUEGREEN_PREFIX}/{name}/live"))
+        state, index = self.registry.read_versioned(self._key(name, "state"), {})
+        return Reads(
+            color=color,
+            instances=[i for i in driver.list(name, color) if i.state == "running"],
+            state=state if isinstance(state, dict) else {},
+            index=index,
+            health=self.registry.health(name),
+            release=release_of(self.registry.read_json(f"{BLUEGREEN_PREFIX}/{name}/release")),
+        )
 
     # -- the cycle ---------------------------------------------------------------------------
 
@@ -197,15 +218,29 @@ class Autoscaler:
             driver.check()
             record = not (check_mode or dry_run)
             self.hosts[compute] = self.host_failures.observe(compute, driver.unavailable(), now, record=record)
-        values = self.measure(policies)
+        values = self.measure(policies, parallel)
+        drivers = {name: self.computes.drivers[compute] for name, compute in used.items()}
+        snapshot = CycleSnapshot(self.registry, self.prefix, self.lock_prefix, drivers)
+        deferred = []  # holds decided on the snapshot: their state and decision, written in transactions
 
         def one(item):
             name, (definition, policy) = item
-            return self._one(definition, policy, values[name], check_mode, dry_run, lock_wait, converge_options or {})
+            return self._one(
+                definition,
+                policy,
+                values[name],
+                check_mode,
+                dry_run,
+                lock_wait,
+                converge_options or {},
+                snapshot,
+                deferred,
+            )
 
         # Services are independent (a lock each); most of a change is waiting for health checks.
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
             results = list(pool.map(one, policies.items()))
+        self._write_deferred(deferred, results)
         for result, (name, (_definition, policy)) in zip(results, policies.items(), strict=True):
             metrics, missing, outage = assess(policy, values[name])
             result["metrics"] = metrics  # no NaN, Infinity or Unavailable in JSON
@@ -227,10 +262,34 @@ class Autoscaler:
             raise SkynetError("invalid scaling policies, nothing was changed: " + "; ".join(errors))
         return used
 
-    def _one(self, definition, policy, values, check_mode, dry_run, lock_wait, options):
+    def _write_deferred(self, deferred, results):
+        """The state and decision of the holds decided on the snapshot; a state that changed since is left as
+        the other run wrote it (that hold is then not recorded, and says so)."""
+        if not deferred:
+            return
+        refused = self.registry.write_many([w for _name, writes in deferred for w in writes])
+        by_name = {r["service"]: r for r in results}
+        for name, writes in deferred:
+            if writes[0][0] in refused:
+                by_name[name].setdefault("warnings", []).append(
+                    f"the scaling state of {name} changed under this run (another run acted): "
+                    "this hold was not recorded"
+                )
+
+    def _one(self, definition, policy, values, check_mode, dry_run, lock_wait, options, snapshot, deferred):
         name = definition["name"]
+        reads = snapshot.reads(definition)
         if check_mode:
-            return self._decide_and_apply(definition, policy, values, None, True, dry_run, options)
+            return self._decide_and_apply(definition, policy, values, None, True, dry_run, options, reads)
+        if not reads.locked:
+            # Most services hold: decided on the snapshot, with no lock and no read of their own. Anything
+            # else is decided again under the lock, on what Consul and the compute say then.
+            held = []
+            result = self._decide_and_apply(definition, policy, values, None, False, dry_run, options, reads, held)
+            if result is not None:
+                if held:
+                    deferred.append((name, held))
+                return result
         lock = ServiceLock(self.registry, name, "scale", prefix=self.lock_prefix)
         if not lock.acquire(lock_wait):
             return {
@@ -241,7 +300,8 @@ class Autoscaler:
                 "metrics": values,
             }
         try:
-            result = self._decide_and_apply(definition, policy, values, lock, check_mode, dry_run, options)
+            reads = self.live_reads(definition)
+            result = self._decide_and_apply(definition, policy, values, lock, check_mode, dry_run, options, reads)
         finally:
             # A lock that cannot be given back ends with its session's TTL; it never hides the result.
             problem = lock.release()
@@ -249,9 +309,8 @@ class Autoscaler:
             result.setdefault("warnings", []).append(f"the lock of {name} was not released cleanly: {problem}")
         return result
 
-    def _triage(self, name, instances, state_raw, now):
+    def _triage(self, health, instances, state_raw, now):
         """(usable, uncounted, discard, left drained, critical_since) by Consul health and age."""
-        health = self.registry.health(name)
         previous = (state_raw or {}).get("critical_since") or {}
         usable, uncounted, discard, drained, critical_since = [], [], [], [], {}
         for inst in instances:
@@ -266,21 +325,21 @@ class Autoscaler:
                 (discard if now - since >= self.unhealthy_after else uncounted).append(inst)
         return usable, uncounted, discard, drained, critical_since
 
-    def _decide_and_apply(self, definition, policy, values, lock, check_mode, dry_run, options):
+    def _decide_and_apply(self, definition, policy, values, lock, check_mode, dry_run, options, reads, held=None):
+        """The decision, applied under lock. Without a lock (held is a list): a hold is returned with its writes
+        appended to held; None when the decision needs a change, which is then for the locked path."""
         name = definition["name"]
         now = self.clock()
-        color = self.live_color(definition)
+        color, instances = reads.color, reads.instances
         compute = definition.get("compute") or DEFAULT
         driver, hosts = self.computes.drivers[compute], self.hosts.get(compute) or HostView()
-        instances = [i for i in driver.list(name, color) if i.state == "running"]
         listed = {i.id for i in instances}
         # A host in its grace period is not listed; its instances in the catalog still count (a blip
         # is not a loss). Once it is lost they count as gone and are replaced on the other hosts.
         away = [i for i in self.registry.instances_on(name, set(hosts.in_grace), color) if i not in listed]
-        state_raw, index = self.registry.read_versioned(self._key(name, "state"), {})
-        state_raw = state_raw if isinstance(state_raw, dict) else {}
+        state_raw, index = reads.state, reads.index
         state = State.from_dict(state_raw)
-        usable, uncounted, discard, drained, critical_since = self._triage(name, instances, state_raw, now)
+        usable, uncounted, discard, drained, critical_since = self._triage(reads.health, instances, state_raw, now)
         # Only passing instances count towards the decided number, so a failing one gets a replacement at
         # once and is removed once it failed for unhealthy_after. Until its replacement has been started,
         # the policy still sees it, so that a hold keeps the capacity the service had.
@@ -324,7 +383,7 @@ class Autoscaler:
             notes.append(f"host(s) {', '.join(sorted(hosts.lost))} lost: their instances are replaced on the others")
         if notes:
             result["reason"] = "; ".join([result["reason"], *notes])
-        release = self.release_in_progress(name)
+        release = reads.release
         if release:
             result.update(release_phase=release["phase"], release_since=release["since"])
             if decision.action != "hold" or discard:
@@ -346,13 +405,19 @@ class Autoscaler:
             "replacements_total": total,
         }
         stored = {**new_state.as_dict(), **health_state}
+        target = max(decision.desired - len(away), 0)
+        change = decision.action != "hold" or discard or drained or len(usable) < target
+        if lock is None:
+            if change:
+                return None
+            held.extend([(self._key(name, "state"), stored, index), (self._key(name, "last"), result, None)])
+            return result
         # The cooldown is recorded before acting: a run that dies mid-change still counts as having scaled.
         lock.fence(f"recording the decision for {name}")
         if not self.registry.write_json(self._key(name, "state"), stored, cas=index):
             result["error"] = f"the scaling state of {name} changed under this run: nothing was changed"
             return result
-        target = max(decision.desired - len(away), 0)
-        if decision.action != "hold" or discard or drained or len(usable) < target:
+        if change:
             image = usable[-1].image if usable else (instances[-1].image if instances else None)
             desired = Desired(
                 spec=spec_of(definition, color, image),

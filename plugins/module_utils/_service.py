@@ -141,10 +141,13 @@ class ServiceConverger:
         # Labels that make a registrator on the host register the instance exactly as we do.
         spec = replace(desired.spec, labels={**container_labels(desired.health, desired.tags), **desired.spec.labels})
         try:
-            for _attempt in range(n):
-                self.fence(f"starting an instance of {spec.service}")
-                inst = self.driver.create(spec)
-                started.append(inst)
+            made, error = self.driver.create_many(
+                spec, n, lambda: self.fence(f"starting an instance of {spec.service}")
+            )
+            started.extend(made)
+            if error is not None:
+                raise error if isinstance(error, SkynetError) else SkynetError(str(error))
+            for inst in started:
                 self.registry.register(inst, desired.health, desired.tags)
             if desired.wait:
                 waiting = self.registry.wait_passing(

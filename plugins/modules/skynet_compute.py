@@ -158,7 +158,7 @@ instances:
   elements: dict
   sample: [{"id": "3f2a9c1b7d10", "service": "web", "color": "blue", "image": "web:1.4",
             "address": "127.0.0.1", "port": 40123, "created": 1764090000.5, "state": "running",
-            "host": "local", "zone": ""}]
+            "host": "docker-1", "zone": "a"}]
 created:
   description: Ids of the instances started (predicted as C((new N)) in check mode).
   returned: always

@@ -84,7 +84,9 @@ def assert_registered(consul, ec2, service, ami):
         assert entry["ServiceAddress"] == inst["PrivateIpAddress"]
         assert entry["ServicePort"] == 9090
         assert entry["ServiceTags"] == ["api", "blue", "ec2"]
-        assert entry["ServiceMeta"] == {"skynet_instance": iid, "skynet_color": "blue", "skynet_image": ami}
+        # The subnet it runs in is its host, as a pool's instances name theirs (placement spreads over subnets).
+        where = {"skynet_host": inst["SubnetId"], "skynet_zone": inst["Placement"]["AvailabilityZone"]}
+        assert entry["ServiceMeta"] == {"skynet_instance": iid, "skynet_color": "blue", "skynet_image": ami, **where}
         assert checks[entry["ServiceID"]]["Type"] == "tcp"
     return running
 
