@@ -106,6 +106,11 @@ class ComputeDriver(abc.ABC):
             return started, e
         return started, None
 
+    def create_replacing(self, spec: Spec, old: Instance, before=None) -> tuple[list[Instance], Exception | None]:
+        """Starts the replacement of old (a rolling image change); a pool keeps it on old's host when that keeps
+        the spread."""
+        return self.create_many(spec, 1, before)
+
     def choose_removals(self, candidates: list[Instance], n: int, scale_in: str = "newest_first") -> list[Instance]:
         """The n of candidates a scale-in removes, in order; a pool takes them where the service has most."""
         by_age = sorted(candidates, key=lambda i: (i.created, i.id))

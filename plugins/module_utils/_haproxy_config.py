@@ -260,6 +260,7 @@ def render(
     global_extra=(),
     defaults_extra=(),
     server_state_file=None,
+    stats_socket_group=None,
 ):
     """The whole haproxy.cfg for the service definitions; SkynetError (and nothing rendered) on any error.
 
@@ -284,7 +285,9 @@ def render(
             "global",
             [
                 "master-worker",
-                f"stats socket {stats_socket} mode 660 level admin expose-fd listeners",
+                f"stats socket {stats_socket} mode 660"
+                + (f" user root group {stats_socket_group}" if stats_socket_group else "")
+                + " level admin expose-fd listeners",
                 "stats timeout 30s",
                 *([f"server-state-file {server_state_file}"] if server_state_file else []),
                 *global_extra,

@@ -155,6 +155,24 @@ class PoolDriver(ComputeDriver):
             started.extend(more)
         return started, error
 
+    def create_replacing(self, spec, old, before=None):
+        placed = _placement.Placed(old.host, old.id, old.service, old.created)
+        others = [p for p in self._placed() if p.id != old.id]
+        chosen = _placement.place_replacement(
+            self._placement_hosts(), [*others, placed], placed, self.zones_of(spec.service)
+        )
+        if not chosen.hosts:
+            return [], SkynetError(f"compute {self.compute.name}: {chosen.reason}")
+        try:
+            if before:
+                before()
+            return [self.driver(chosen.hosts[0]).create(spec)], None
+        except SkynetError as e:
+            if not _unreachable(e):
+                return [], e
+            self.down.setdefault(chosen.hosts[0], str(e))
+            return super().create_many(spec, 1, before)
+
     def remove(self, instance, stop_timeout=10):
         if instance.host not in self._drivers:
             raise SkynetError(

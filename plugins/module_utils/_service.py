@@ -128,14 +128,14 @@ class ServiceConverger:
             self._remove(inst, stop_timeout=desired.stop_timeout)
             out.removed.append(inst.id)
         for old in todo.replace:
-            new = self._start(1, desired)[0]
+            new = self._start(1, desired, replacing=old)[0]
             out.replaced.append(old.id)
             out.created.append(new.id)
             self._scale_in([old], desired)
         after = self.driver.list(spec.service, spec.color)
         return out, before, after
 
-    def _start(self, n, desired):
+    def _start(self, n, desired, replacing=None):
         """Starts n instances, registers them and waits until they pass; undoes them all on failure."""
         started = []
         # Labels that make a registrator on the host register the instance exactly as we do.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _computes, _host_failures
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import Instance, plan
@@ -137,3 +139,52 @@ def test_the_default_pool_of_an_inventory_takes_each_hosts_own_api_address_and_a
     )
     assert (c.url, c.address, c.capacity) == ("tcp://10.0.0.13:2375", "10.0.0.13", 5)
     assert _computes.pool_from_hosts([]) == {}
+
+
+class FakeHost(Lister):
+    """A host's driver that starts instances in memory; down=True answers like an engine that is gone."""
+
+    def __init__(self, name, instances=(), down=False):
+        super().__init__(list(instances))
+        self.name, self.is_down, self.started = name, down, 0
+
+    def create(self, spec):
+        if self.is_down:
+            raise SkynetError(f"Docker API at {self.name} is unreachable while trying to start")
+        self.started += 1
+        made = Instance(
+            f"{self.name}-{self.started}",
+            spec.service,
+            spec.color,
+            spec.image,
+            "10.0.0.1",
+            1,
+            100.0 + self.started,
+            host=self.name,
+        )
+        self.instances.append(made)
+        return made
+
+
+def test_a_pool_starts_many_spread_and_a_host_that_fails_meanwhile_has_its_share_started_elsewhere():
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
+
+    defs = _computes.parse({"default": pool("a", "b", "c")})
+    hosts = {"a": FakeHost("a"), "b": FakeHost("b", down=True), "c": FakeHost("c")}
+    driver = PoolDriver(defs["default"], hosts)
+    made, error = driver.create_many(make_spec("web", "blue", "img"), 6)
+    assert error is None
+    assert Counter(i.host for i in made) == {"a": 3, "c": 3}
+    assert "unreachable" in driver.unavailable()["b"]
+
+
+def test_a_rolling_replacement_stays_on_the_old_ones_host_when_the_spread_is_even():
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
+
+    defs = _computes.parse({"default": pool("a", "b", "c")})
+    old = [inst(n, h) for n, h in enumerate("aabbcc")]
+    hosts = {h: FakeHost(h, [i for i in old if i.host == h]) for h in "abc"}
+    driver = PoolDriver(defs["default"], hosts)
+    for victim in (old[2], old[4], old[0]):
+        (new,), error = driver.create_replacing(make_spec("web", "blue", "img2"), victim)
+        assert error is None and new.host == victim.host

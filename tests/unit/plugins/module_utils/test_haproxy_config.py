@@ -281,3 +281,12 @@ def test_filters():
         filters["haproxy_config"]([{"name": "web", "port": 1}])
     with pytest.raises(AnsibleFilterError, match="blue or green"):
         filters["haproxy_map"]([WEB], "red")
+
+
+def test_the_admin_socket_can_be_given_to_root_and_a_group():
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils._haproxy_config import render
+
+    cfg = render(
+        [{"name": "web", "port": 8080, "lb_port": 8000}], stats_socket="/run/lb.sock", stats_socket_group="haproxy"
+    )
+    assert "stats socket /run/lb.sock mode 660 user root group haproxy level admin expose-fd listeners" in cfg
