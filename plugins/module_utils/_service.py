@@ -9,6 +9,7 @@ created instance that cannot be registered or never passes is removed) or report
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import plan
@@ -190,8 +191,18 @@ class ServiceConverger:
             self.registry.drain(inst)
         if desired.drain_period:
             self.sleep(desired.drain_period)
+        # Each host stops its own one after the other; the hosts of a pool do so side by side.
+        by_host = {}
         for inst in instances:
-            self._remove(inst, drain=False, stop_timeout=desired.stop_timeout)
+            by_host.setdefault(inst.host, []).append(inst)
+
+        def on(group):
+            for inst in group:
+                self._remove(inst, drain=False, stop_timeout=desired.stop_timeout)
+
+        with ThreadPoolExecutor(max_workers=len(by_host) or 1) as pool:
+            for future in [pool.submit(on, group) for group in by_host.values()]:
+                future.result()  # the first failure is raised, once every host has done what it could
 
     def _remove(self, inst, drain=True, stop_timeout=10, fenced=True):
         if fenced:
