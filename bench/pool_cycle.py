@@ -20,9 +20,7 @@ replacements passed and when each served its first request.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +34,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus impor
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._scale import Autoscaler
 
-from harness.ansible import run_module
+from harness.ansible import run_module, run_playbook
 from harness.images import build_sample_image
 from harness.load import LoadLoops
 from harness.multihost import MultiHost
@@ -73,19 +71,8 @@ def definitions(n, image, changing=()):
 
 def autoscale(workdir, variables):
     """playbooks/autoscale.yml as the autoscaler's timer runs it: (seconds, the skynet_scale task's result)."""
-    path = workdir / "vars.json"
-    path.write_text(json.dumps(variables))
-    env = {
-        **os.environ,
-        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".build" / "collections"),
-        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-        "ANSIBLE_STDOUT_CALLBACK": "json",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    argv = ["ansible-playbook", "-i", "localhost,", str(ROOT / "playbooks" / "autoscale.yml"), "-e", f"@{path}"]
-    argv += ["-e", f"ansible_python_interpreter={sys.executable}"]
     start = time.monotonic()
-    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
+    out = run_playbook("autoscale", variables, workdir, json_output=True)
     seconds = time.monotonic() - start
     tasks = json.loads(out.stdout)["plays"][0]["tasks"]
     (task,) = [t for t in tasks if t["task"]["name"] == "Decide and apply every scaling policy"]

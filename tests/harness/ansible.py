@@ -45,3 +45,21 @@ def run_module(module: str, args: dict, check: bool = False, diff: bool = False,
     except json.JSONDecodeError as e:
         raise AssertionError(f"ansible printed no JSON (rc {out.returncode}):\n{out.stdout}\n{out.stderr}") from e
     return data["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+def run_playbook(name: str, variables: dict, workdir: Path, json_output: bool = False, timeout: float = 600):
+    """ansible-playbook playbooks/<name>.yml on localhost with the variables in a vars file (no argument
+    length limit), as a user or the autoscaler's timer runs it; the CompletedProcess."""
+    vars_file = workdir / f"{name}-vars.json"
+    vars_file.write_text(json.dumps(variables))
+    env = {
+        **os.environ,
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".build" / "collections"),
+        "ANSIBLE_NOCOLOR": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    if json_output:
+        env.update(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
+    argv = ["ansible-playbook", "-i", "localhost,", str(ROOT / "playbooks" / f"{name}.yml"), "-e", f"@{vars_file}"]
+    argv += ["-e", f"ansible_python_interpreter={sys.executable}"]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False)

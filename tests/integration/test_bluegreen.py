@@ -6,16 +6,14 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from harness.ansible import ROOT, run_module
+from harness.ansible import run_module
+from harness.ansible import run_playbook as playbook_run
 from harness.load import LoadLoops
 from harness.proc import free_port, wait_for
 from harness.stack import remove_containers
@@ -146,31 +144,7 @@ def prometheus_for(stack, nodes):
 
 
 def run_playbook(extra_vars, tmp_path):
-    vars_file = tmp_path / "vars.json"
-    vars_file.write_text(json.dumps(extra_vars))
-    env = {
-        **os.environ,
-        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".build" / "collections"),
-        "ANSIBLE_NOCOLOR": "1",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    out = subprocess.run(
-        [
-            "ansible-playbook",
-            str(ROOT / "playbooks" / "bluegreen.yml"),
-            "-i",
-            "localhost,",
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-            "-e",
-            f"@{vars_file}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    out = playbook_run("bluegreen", extra_vars, tmp_path, timeout=300)
     return out.returncode, out.stdout + out.stderr
 
 

@@ -188,3 +188,20 @@ def test_a_rolling_replacement_stays_on_the_old_ones_host_when_the_spread_is_eve
     for victim in (old[2], old[4], old[0]):
         (new,), error = driver.create_replacing(make_spec("web", "blue", "img2"), victim)
         assert error is None and new.host == victim.host
+
+
+def test_the_computes_example_of_docs_compute_md_is_valid():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[4] / "docs" / "compute.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "skynet_computes:" in b]
+    example = yaml.safe_load(block.replace("scaling: {...}", "scaling: {}"))
+    defs = _computes.parse(example["skynet_computes"])
+    assert [h.name for h in defs["default"].hosts] == ["docker-1", "docker-2", "docker-3"]
+    assert {s["name"]: _computes.compute_of(s, defs).name for s in example["skynet_services"]} == {
+        "web": "default",
+        "batch": "aws",
+    }
