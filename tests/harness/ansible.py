@@ -47,7 +47,14 @@ def run_module(module: str, args: dict, check: bool = False, diff: bool = False,
     return data["plays"][0]["tasks"][0]["hosts"]["localhost"]
 
 
-def run_playbook(name: str, variables: dict, workdir: Path, json_output: bool = False, timeout: float = 600):
+def run_playbook(
+    name: str,
+    variables: dict,
+    workdir: Path,
+    json_output: bool = False,
+    timeout: float = 600,
+    inventory: str = "localhost,",
+):
     """ansible-playbook playbooks/<name>.yml on localhost with the variables in a vars file (no argument
     length limit), as a user or the autoscaler's timer runs it; the CompletedProcess."""
     vars_file = workdir / f"{name}-vars.json"
@@ -60,6 +67,6 @@ def run_playbook(name: str, variables: dict, workdir: Path, json_output: bool = 
     }
     if json_output:
         env.update(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
-    argv = ["ansible-playbook", "-i", "localhost,", str(ROOT / "playbooks" / f"{name}.yml"), "-e", f"@{vars_file}"]
+    argv = ["ansible-playbook", "-i", inventory, str(ROOT / "playbooks" / f"{name}.yml"), "-e", f"@{vars_file}"]
     argv += ["-e", f"ansible_python_interpreter={sys.executable}"]
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False)

@@ -7,6 +7,7 @@ prometheus role's rules scraping it. The cycles are the module run through Ansib
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -15,7 +16,7 @@ from collections import Counter
 import pytest
 import requests
 
-from harness.ansible import run_module
+from harness.ansible import run_module, run_playbook
 from harness.images import build_sample_image
 from harness.load import LoadLoop, LoadLoops
 from harness.proc import wait_for
@@ -236,3 +237,37 @@ def test_after_the_leader_is_killed_the_next_cycles_scale_with_no_double_action(
     assert sum(passing(multihost, name).values()) == 4
     multihost.start_server(killed)
     print(f"\nmultihost leader kill: scaled in {scaled_in:.1f}s after the kill, in {len(rounds)} round(s) of two runs")
+
+
+def test_the_autoscale_playbook_builds_its_pool_from_the_inventorys_docker_hosts(multihost, web, tmp_path):
+    """No skynet_computes: the default pool is the docker_hosts group, each host with its own API and agent."""
+    name = f"pb{uuid.uuid4().hex[:4]}"
+    hosts = {
+        h.name: {
+            "skynet_docker_url": h.docker_host,  # the harness's engines are unix sockets; tcp://ADDRESS:2376 else
+            "skynet_advertise_address": h.address,
+        }
+        for h in multihost.hosts
+    }
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(json.dumps({"all": {"children": {"docker_hosts": {"hosts": hosts}}}}))
+    definition = {
+        **web["definition"],
+        "name": name,
+        "lb_port": None,
+        "scaling": {"min": 3, "max": 3, "checks": [{"name": "fixed", "value": 3, "aggregate": "total", "target": 1}]},
+    }
+    variables = {
+        "skynet_services": [definition],
+        "skynet_consul_url": multihost.lb.consul_url,
+        "skynet_prometheus_url": "http://127.0.0.1:9",
+        "skynet_autoscale_drain_period": 0,
+    }
+    try:
+        out = run_playbook("autoscale", variables, tmp_path, inventory=str(inventory))
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+        assert spread(multihost, name) == {h.name: 1 for h in multihost.hosts}
+        for e in catalog(multihost, name):
+            assert e["Node"] == e["ServiceMeta"]["skynet_host"]  # registered on its own host's agent
+    finally:
+        run_module(COMPUTE, {**web["common"], "service": name, "state": "absent", "drain_period": 0})
