@@ -200,7 +200,11 @@ def test_a_scale_run_and_a_release_started_together_exclude_each_other_through_t
 
     threads = [
         threading.Thread(target=run, args=("scale", SCALE, scale)),
-        threading.Thread(target=run, args=("release", BLUEGREEN, {**args, "lock_wait": 120})),
+        # With a head start, the release must still hold the lock when the scale run (Ansible's start-up
+        # included) looks: its scale_down_delay keeps it well past the head start on a loaded machine.
+        threading.Thread(
+            target=run, args=("release", BLUEGREEN, {**args, "lock_wait": 120, "scale_down_delay": 1 + 2 * head_start})
+        ),
     ]
     with LoadLoops(release["nodes"][0].url, n=2) as load:
         for t in threads:
