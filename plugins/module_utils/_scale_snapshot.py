@@ -10,18 +10,18 @@ live, under its lock: the snapshot only decides that nothing needs doing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _names
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import service_id
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._release import TERMINAL
 
-RELEASE_DONE = ("done", "rolled_back", "aborted", "failed")
 BLUEGREEN_PREFIX = "skynet/bluegreen"
 
 
 def release_of(record):
     """{phase, since} of a blue/green release record that has not ended, else None."""
-    if not isinstance(record, dict) or record.get("phase") in RELEASE_DONE:
+    if not isinstance(record, dict) or record.get("phase") in TERMINAL:
         return None
     phases = [p for p in record.get("phases") or [] if isinstance(p, dict)]
     since = phases[-1].get("started") if phases else record.get("started")
@@ -44,7 +44,6 @@ class Reads:
     health: dict
     release: dict | None = None
     locked: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 class CycleSnapshot:
