@@ -81,7 +81,7 @@ def test_a_failing_instance_is_replaced_on_a_hold_decision_with_no_failed_reques
         # replacing cycle is the first one started 6 s after the first ended, or one that ended 6 s after it began.
         # Counted in cycles, not seconds: a loaded machine makes each cycle slower, not the rule different.
         first_ended = cycles[0][1]
-        assert all(started < first_ended + 6 for started, _ in cycles[:-1]), (cycles, decisions)
+        assert all(started < first_ended + 6 for started, _ended in cycles[:-1]), (cycles, decisions)
         assert cycles[-1][1] - cycles[0][0] >= 6, cycles  # never before unhealthy_after
         now_passing = passing(consul, name)
         assert len(now_passing) == 2 and failing[0] not in now_passing, now_passing
