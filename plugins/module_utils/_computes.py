@@ -221,6 +221,13 @@ def _host_label(name):
     return label if label[:1].isalpha() else f"h-{label}"[:63].strip("-")
 
 
+def _agent_url(address, hostvars):
+    tls = hostvars.get("consul_tls") or {}
+    if str(tls.get("enabled", "")).lower() in ("true", "1", "yes"):
+        return f"https://{address}:{tls.get('https_port') or 8501}"
+    return f"http://{address}:8500"
+
+
 def pool_from_hosts(hosts, local=None, local_consul_url=None):
     """The `default` docker compute of an inventory's Docker hosts: [(inventory name, vars), ...].
 
@@ -228,15 +235,17 @@ def pool_from_hosts(hosts, local=None, local_consul_url=None):
     `skynet_consul_agent_url`, `skynet_zone` and `skynet_capacity` when set; otherwise its registrator's
     advertise address (else its default IPv4 address, ansible_host, its name), the Docker API on that
     address (tcp, port 2376) except on the local host, which uses its registrator's socket, and that host's
-    Consul agent on port 8500 (on the local host, local_consul_url).
+    Consul agent at its own default IPv4 address (else the address above): HTTPS on the port of the consul role's
+    fact `consul_tls` when it says TLS is on, else HTTP on 8500 (on the local host, local_consul_url).
     """
     entries = []
     for name, hv in hosts:
         facts = hv.get("ansible_facts") or {}
+        own_address = (facts.get("default_ipv4") or {}).get("address")
         address = (
             hv.get("skynet_advertise_address")
             or hv.get("registrator_advertise_address")
-            or (facts.get("default_ipv4") or {}).get("address")
+            or own_address
             or hv.get("ansible_host")
             or name
         )
@@ -249,7 +258,7 @@ def pool_from_hosts(hosts, local=None, local_consul_url=None):
             "url": url or f"tcp://{address}:2376",
             "address": address,
             "consul_url": hv.get("skynet_consul_agent_url")
-            or (local_consul_url if is_local and local_consul_url else f"http://{address}:8500"),
+            or (local_consul_url if is_local and local_consul_url else _agent_url(own_address or address, hv)),
         }
         for key, var in (("tls", "skynet_docker_tls"), ("zone", "skynet_zone"), ("capacity", "skynet_capacity")):
             if hv.get(var) not in (None, "", {}):

@@ -67,7 +67,11 @@ def _uuid(key, label):
 
 
 def tokens(management_token, node, components, services=(), prefixes=(), generation=1):
-    """component -> {policy, rules, description, accessor, secret} for the components of one node."""
+    """component -> {policy, rules, policy_description, description, accessor, secret} for one node's components.
+
+    Only the agent's policy is the node's own; the others are shared by the nodes of the component (their
+    name, rules and description the same from every node), each node having its own token.
+    """
     if not isinstance(management_token, str) or not _UUID.fullmatch(management_token):
         raise SkynetError("the Consul management token must be a UUID (the SecretID of a management token)")
     if not isinstance(node, str) or not _NODE.fullmatch(node):
@@ -83,6 +87,7 @@ def tokens(management_token, node, components, services=(), prefixes=(), generat
         result[component] = {
             "policy": f"skynet-{component}" + (f"-{node}" if component == "agent" else ""),
             "rules": text,
+            "policy_description": f"skynet {component}" + (f" on {node}" if component == "agent" else ""),
             "description": f"skynet {component}" + (f" on {owner}" if owner else ""),
             "accessor": _uuid(key, "accessor|" + label),
             "secret": _uuid(key, "secret|" + label),

@@ -861,6 +861,9 @@ def parse_args(argv=None):
         default=os.environ.get("CONSUL_HTTP_TOKEN"),
         help="ACL token; prefer the CONSUL_HTTP_TOKEN environment variable (command lines are visible to all)",
     )
+    parser.add_argument(
+        "--consul-ca-cert", default=os.environ.get("CONSUL_CACERT"), help="CA certificates for an https Consul URL"
+    )
     parser.add_argument("--advertise-address", default="127.0.0.1", help="address registered with published host ports")
     parser.add_argument("--host-id", default=socket.gethostname(), help="marks this registrator's registrations")
     parser.add_argument("--resync-interval", type=float, default=30.0, help="seconds between full resyncs")
@@ -885,6 +888,13 @@ def parse_args(argv=None):
     return args
 
 
+def connect_consul(args):
+    """The Consul client of the parsed arguments (SkynetError when the URL is unusable)."""
+    return _consul.connect(
+        {"consul_url": args.consul_url, "consul_token": args.consul_token, "consul_ca_cert": args.consul_ca_cert}
+    )
+
+
 def main(argv=None):
     args = parse_args(argv)
     # Under systemd the journal stamps every line already.
@@ -899,7 +909,7 @@ def main(argv=None):
             log.error("the Python package %s is missing: %s", lib, error)
             return 2
     try:
-        client = _consul.connect({"consul_url": args.consul_url, "consul_token": args.consul_token})
+        client = connect_consul(args)
     except SkynetError as e:
         log.error("%s", e)
         return 2

@@ -109,9 +109,11 @@ class Stack:
 
     # -- components -------------------------------------------------------------------------
 
-    def consul(self, name: str = "consul", acl: bool = False) -> Consul:
-        """A dev agent; with acl, ACLs enabled with default deny and a management token (Consul.token)."""
+    def consul(self, name: str = "consul", acl: bool = False, tls: bool = False) -> Consul:
+        """A dev agent; with acl, ACLs enabled with default deny and a management token (Consul.token); with
+        tls, HTTPS on Consul.https_url with a certificate of a CA made by `consul tls` (Consul.ca_file)."""
         ports = {k: free_port() for k in ("http", "dns", "serf_lan", "serf_wan", "server")}
+        https = free_port() if tls else -1
         config = {
             "node_name": name,
             "datacenter": "dc1",
@@ -119,7 +121,7 @@ class Stack:
             "bind_addr": "127.0.0.1",
             "advertise_addr": "127.0.0.1",
             "client_addr": "127.0.0.1",
-            "ports": {**ports, "grpc": -1, "https": -1},
+            "ports": {**ports, "grpc": -1, "https": https},
             "ui": True,
             "disable_update_check": True,
             "log_level": "INFO",
@@ -129,11 +131,22 @@ class Stack:
         token = str(uuid.uuid4()) if acl else None
         if acl:
             config["acl"] = {"enabled": True, "default_policy": "deny", "tokens": {"master": token, "agent": token}}
+        binary = _which("consul", TOOLS / "consul")
+        ca_file = None
+        if tls:
+            certs = self.path(name, "tls", "x").parent
+            for argv in (["ca", "create"], ["cert", "create", "-server", "-dc=dc1", "-additional-ipaddress=127.0.0.1"]):
+                subprocess.run([binary, "tls", *argv], cwd=certs, check=True, capture_output=True, timeout=30)
+            ca_file = str(certs / "consul-agent-ca.pem")
+            config.update(
+                ca_file=ca_file,
+                cert_file=str(certs / "dc1-server-consul-0.pem"),
+                key_file=str(certs / "dc1-server-consul-0-key.pem"),
+            )
         cfg = self.path(name, "consul.json")
         cfg.write_text(json.dumps(config))
-        binary = _which("consul", TOOLS / "consul")
         proc = self.start(name, [binary, "agent", "-dev", f"-config-file={cfg}"])
-        c = Consul(proc, ports["http"], ports["dns"], token)
+        c = Consul(proc, ports["http"], ports["dns"], token, https_port=https if tls else None, ca_file=ca_file)
         proc.wait_ready(lambda: requests.get(f"{c.url}/v1/status/leader", timeout=2).json())
         if acl:
             # The dev server elects itself before its ACL system answers.
@@ -266,10 +279,16 @@ class Consul:
     http_port: int
     dns_port: int
     token: str | None = None  # the management token when ACLs are on
+    https_port: int | None = None  # with TLS: HTTPS there, with a certificate of the CA in ca_file
+    ca_file: str | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
 
     @property
     def headers(self) -> dict:

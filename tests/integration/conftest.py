@@ -65,6 +65,15 @@ def consul(session_stack):
 
 
 @pytest.fixture(scope="session")
+def tls_consul(session_stack):
+    """A dev agent with HTTPS (Consul.https_url, CA in Consul.ca_file) and one service registered: (consul, name)."""
+    consul = session_stack.consul("consul-tls", tls=True)
+    name = f"tls-{uuid.uuid4().hex[:6]}"
+    consul.api("PUT", "agent/service/register", json={"ID": f"{name}-1", "Name": name, "Port": 8080})
+    return consul, name
+
+
+@pytest.fixture(scope="session")
 def engine(session_stack):
     return session_stack.podman()
 

@@ -299,3 +299,14 @@ def test_a_cached_catalog_warns_again(tmp_path, acl_consul):
     assert "comes from the cache" in run.stdout
     assert set(inv["_meta"]["hostvars"]) == {"consul-acl-inventory"}
     assert "misses hosts: every service of the catalog (none visible)." in said(run)
+
+
+def test_the_inventory_lists_hosts_over_https_with_the_ca_and_fails_without(tmp_path, tls_consul):
+    consul, name = tls_consul
+    config = {"url": consul.https_url, "hosts": "services", "services": [name]}
+    inv = inventory(tmp_path, {**config, "ca_cert": consul.ca_file})[1]
+    assert set(inv["_meta"]["hostvars"]) == {f"{name}-1@consul-tls"}
+
+    run = inventory(tmp_path, config, unparsed_failed=True)[0]
+    assert run.returncode != 0
+    assert f"Consul at {consul.https_url}" in run.stderr and "CERTIFICATE_VERIFY_FAILED" in run.stderr

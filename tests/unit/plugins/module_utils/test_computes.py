@@ -141,6 +141,27 @@ def test_the_default_pool_of_an_inventory_takes_each_hosts_own_api_address_and_a
     assert _computes.pool_from_hosts([]) == {}
 
 
+def test_the_default_pool_reaches_each_hosts_agent_at_its_own_address_over_https_when_consul_tls_is_on():
+    # The instances are published on 10.0.1.5 (another interface); the agent listens on the host's own address.
+    facts = {"default_ipv4": {"address": "10.0.0.21"}}
+    hosts = [
+        (
+            "d1",
+            {
+                "ansible_facts": facts,
+                "registrator_advertise_address": "10.0.1.5",
+                "consul_tls": {"enabled": True, "https_port": 8601, "ca_cert": "/etc/consul-tls/ca.pem"},
+            },
+        ),
+        ("d2", {"ansible_facts": {"default_ipv4": {"address": "10.0.0.22"}}, "consul_tls": {"enabled": False}}),
+        ("d3", {"ansible_host": "10.0.0.23", "consul_tls": {"enabled": "True"}}),
+    ]
+    a, b, c = _computes.parse(_computes.pool_from_hosts(hosts))["default"].hosts
+    assert (a.address, a.consul_url) == ("10.0.1.5", "https://10.0.0.21:8601")
+    assert b.consul_url == "http://10.0.0.22:8500"
+    assert c.consul_url == "https://10.0.0.23:8501"
+
+
 class FakeHost(Lister):
     """A host's driver that starts instances in memory; down=True answers like an engine that is gone."""
 

@@ -32,6 +32,18 @@ def test_tokens_differ_by_node_generation_and_management_token_but_dns_is_shared
     assert one["agent"]["policy"] == "skynet-agent-node-1" and one["registrator"]["policy"] == "skynet-registrator"
 
 
+def test_a_shared_policy_is_the_same_from_every_node_so_that_no_play_rewrites_another_plays():
+    # site.yml creates the shared policies once per play (servers, then clients): any field that named the
+    # node would flip on every run.
+    one = tokens(MANAGEMENT, "server-1", COMPONENTS, services=["web"])
+    two = tokens(MANAGEMENT, "lb-1", COMPONENTS, services=["web"])
+    fields = ("policy", "rules", "policy_description")
+    for component in set(COMPONENTS) - {"agent"}:
+        assert [one[component][f] for f in fields] == [two[component][f] for f in fields], component
+    assert one["agent"]["policy_description"] == "skynet agent on server-1"
+    assert one["registrator"]["description"] == "skynet registrator on server-1"
+
+
 def test_each_component_gets_only_what_it_needs():
     def of(component):
         return rules(component, "lb-1", ["web", "db"], ["batch-"])
