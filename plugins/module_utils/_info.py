@@ -15,7 +15,7 @@ import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _names
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _control, _names
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._lock import LOCK_PREFIX
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._policy import parse_policy
@@ -161,7 +161,17 @@ def service_record(name, entries, kv, policy, now):
         "lock": lock_record(kv.get("lock"), now),
         "live": live if live in _names.COLORS else None,
         "release": release_record(kv.get("release")),
+        "control": control_record(kv.get("control"), name, now),
     }
+
+
+def control_record(raw, name, now):
+    """The operator's pause or pin with its age; {"error": ...} for a record skynet_scale would refuse."""
+    try:
+        control = _control.parse(raw, name)
+    except SkynetError as e:
+        return {"error": str(e)}
+    return {**control.as_dict(), "text": control.describe(), "age": _age(now, control.since)} if control else None
 
 
 # -- the table (pure) -------------------------------------------------------------------------
@@ -227,6 +237,10 @@ def notes(service):
     running = [f"scale-{'out' if k == 'up' else 'in'} {ago(left)}" for k, left in running if left]
     if running:
         out.append(f"{name}: cooldown left: {', '.join(running)}")
+    control = service.get("control")
+    if control:
+        text = control.get("error") or f"{control['text']} {ago(control.get('age'))} ago"
+        out.append(f"{name}: {_text(text)[:NOTE_MAX]}")
     release = service["release"]
     if release and release.get("error"):
         out.append(f"{name}: release {release.get('version') or ''} error: {_text(release['error'])[:NOTE_MAX]}")
@@ -327,6 +341,7 @@ class InfoReader:
         return {
             "last": self.registry.read_json(f"{scale}/last"),
             "state": self.registry.read_json(f"{scale}/state"),
+            "control": self.registry.read_json(f"{scale}/{_control.LEAF}"),
             "lock": self._entry(f"{self.lock_prefix}/{name}"),
             "live": self.registry.read_json(f"{bluegreen}/live"),
             "release": self.registry.read_json(f"{bluegreen}/release"),

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _computes, _names
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _computes, _control, _names
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._computes import DEFAULT, DockerPool
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._drivers import Computes
@@ -201,6 +202,7 @@ class Autoscaler:
             index=index,
             health=self.registry.health(name),
             release=release_of(self.registry.read_json(f"{BLUEGREEN_PREFIX}/{name}/release")),
+            control=self.registry.read_json(self._key(name, _control.LEAF)),
         )
 
     # -- the cycle ---------------------------------------------------------------------------
@@ -347,7 +349,23 @@ class Autoscaler:
         covered = set(state_raw.get("replacement_started") or ()) & {i.id for i in failing}
         current = len(usable) + len([i for i in failing if i.id not in covered]) + len(away)
         decision, new_state = decide(policy, current, values, state, now)
-        result = {**decision.as_dict(), "color": color, "compute": compute, "applied": False, "error": None}
+        try:
+            control = _control.parse(reads.control, name)
+        except SkynetError as e:
+            control, control_error = None, str(e)
+        else:
+            control_error = None
+        if control is not None or control_error:
+            # The operator's word wins over the policy; the policy's timers (cooldowns) stay as they were.
+            desired, action, reason = _control.override(
+                control, decision.current, decision.desired, decision.action, decision.reason
+            )
+            if control_error:
+                desired, action, reason = decision.current, "hold", f"{control_error}: holding ({decision.reason})"
+            decision, new_state = replace(decision, desired=desired, action=action, reason=reason), state
+        result = {**decision.as_dict(), "color": color, "compute": compute, "applied": False, "error": control_error}
+        if control is not None:
+            result["control"] = control.as_dict()
         if hosts.in_grace or hosts.lost:
             result["unavailable_hosts"] = hosts.report()
             result["unreachable"] = away
@@ -396,7 +414,7 @@ class Autoscaler:
                     f"wanted {decision.desired} ({result['reason']})",
                 )
                 return result
-        if check_mode or dry_run:
+        if check_mode or dry_run or control_error:
             return result
 
         health_state = {

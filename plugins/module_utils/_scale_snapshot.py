@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _names
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._control import LEAF as CONTROL
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import service_id
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._release import TERMINAL
 
@@ -44,6 +45,7 @@ class Reads:
     health: dict
     release: dict | None = None
     locked: bool = False
+    control: object = None  # the raw control record (see _control), None without one
 
 
 class CycleSnapshot:
@@ -51,7 +53,7 @@ class CycleSnapshot:
         """State keys are <state_prefix>/<service>/state, locks <lock_prefix>/<service>; drivers: {service: the
         driver of its compute}."""
         self.registry, self.state_prefix, self.drivers = registry, state_prefix.rstrip("/"), drivers
-        wanted = {self.state_key(s) for s in drivers}
+        wanted = {self.state_key(s) for s in drivers} | {self.control_key(s) for s in drivers}
         self.states = registry.read_many([k for k in registry.keys(self.state_prefix) if k in wanted])
         self.bluegreen = registry.read_json_tree(BLUEGREEN_PREFIX + "/")
         self.locked = self._locked(lock_prefix.rstrip("/"))
@@ -63,6 +65,9 @@ class CycleSnapshot:
 
     def state_key(self, service):
         return f"{self.state_prefix}/{service}/state"
+
+    def control_key(self, service):
+        return f"{self.state_prefix}/{service}/{CONTROL}"
 
     def _locked(self, prefix):
         """The services whose lock key a session holds now."""
@@ -87,4 +92,5 @@ class CycleSnapshot:
             health=health,
             release=release_of(self.bluegreen.get(f"{name}/release")),
             locked=name in self.locked,
+            control=self.states.get(self.control_key(name), (None, 0))[0],
         )

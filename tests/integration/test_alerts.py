@@ -34,6 +34,7 @@ TIMINGS = {
     "prometheus_alert_crash_loop_window": "30s",
     "prometheus_alert_crash_loop_replacements": 3,
     "prometheus_alert_release_stuck_seconds": 120,
+    "prometheus_alert_control_max_age": 120,
     "prometheus_alert_registrator_for": "3s",
     "prometheus_alert_registrator_errors_window": "20s",
     "prometheus_alert_consul_for": "2s",
@@ -88,6 +89,7 @@ def test_promtool_accepts_the_rules_with_every_new_alert(setup):
         "SkynetAutoscalerMetricsOutage",
         "SkynetInstanceCrashLooping",
         "SkynetReleaseStuck",
+        "SkynetAutoscalingPausedTooLong",
         "SkynetRegistratorDockerDisconnected",
         "SkynetRegistratorConsulFailing",
         "ConsulServerUnhealthy",
@@ -232,12 +234,16 @@ def test_the_autoscale_playbook_itself_feeds_the_alerts(stack, setup, receiver, 
     (setup["workdir"] / "extra.json").write_text(json.dumps(extra))
     try:
         consul.api("PUT", f"kv/skynet/bluegreen/{name}/release", data=json.dumps(release))
+        control = {"mode": "paused", "by": "alice", "reason": "INC-5", "since": since}
+        consul.api("PUT", f"kv/skynet/scale/{name}/control", data=json.dumps(control))
         ansible_playbook(AUTOSCALE, "localhost,", extra=f"@{setup['workdir'] / 'extra.json'}")
         assert mon.wait_query(f'skynet_autoscaler_decisions{{service="{name}", action="hold"}} == 1')
         assert mon.query("skynet_autoscaler_last_run_success")[0]["value"][1] == "1"
         receiver.wait("autoscaler", "SkynetAutoscalerMetricMissing", service=name, check="rps")
         stuck = receiver.wait("autoscaler", "SkynetReleaseStuck", service=name, phase="verify")
         assert stuck["labels"]["severity"] == "warning"
+        paused = receiver.wait("autoscaler", "SkynetAutoscalingPausedTooLong", service=name, mode="paused", who="alice")
+        assert "has been paused by alice for 10m" in paused["annotations"]["summary"]
         assert not mon.query(f'ALERTS{{alertname="SkynetAutoscalerMetricsOutage", service="{name}"}}')
     finally:
         for prefix in ("skynet/bluegreen", "skynet/scale", "skynet/lock"):
