@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / ".build" / "collect
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul import connect
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._docker_driver import DockerDriver
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._drivers import Computes
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus import PrometheusClient
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._scale import Autoscaler
@@ -138,7 +139,7 @@ def cycle(stack, sizes):
     prom = stack.prometheus({"global": {"scrape_interval": "15s"}, "scrape_configs": []})
     driver = DockerDriver(engine.docker_host)
     consul_client = connect({"consul_url": consul.url})
-    scaler = Autoscaler(consul_client, Registry(consul_client), driver, PrometheusClient(prom.url))
+    scaler = Autoscaler(consul_client, Registry(consul_client), Computes.of(driver), PrometheusClient(prom.url))
     options = {"drain_period": 0, "wait_timeout": 600}
     print(f"{'services':>8} {'hold (in-process)':>18} {'hold (ansible)':>15} {'change 1->2':>12} {'per service':>12}")
     for n in sizes:

@@ -17,7 +17,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import (
     Instance,
     Spec,
 )
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import HostUnavailable, ImageMissing, SkynetError
 
 try:
     import docker
@@ -82,11 +82,11 @@ class DockerDriver(ComputeDriver):
         try:
             self.client = docker.DockerClient(base_url=docker_host, tls=tls, timeout=timeout, version="auto")
         except docker.errors.DockerException as e:
-            raise SkynetError(f"Docker API at {docker_host} is unreachable: {e}") from e
+            raise HostUnavailable(f"Docker API at {docker_host} is unreachable: {e}") from e
 
     def _fail(self, what, error):
         if isinstance(error, requests.exceptions.ConnectionError):
-            return SkynetError(f"Docker API at {self.docker_host} is unreachable while trying to {what}: {error}")
+            return HostUnavailable(f"Docker API at {self.docker_host} is unreachable while trying to {what}: {error}")
         explanation = getattr(error, "explanation", None) or str(error)
         return SkynetError(f"Docker API at {self.docker_host} failed to {what}: {explanation}")
 
@@ -99,7 +99,7 @@ class DockerDriver(ComputeDriver):
             try:
                 self.client.images.get(spec.image)
             except docker.errors.ImageNotFound as e:
-                raise SkynetError(
+                raise ImageMissing(
                     f"image {spec.image!r} is not on the Docker API engine at {self.docker_host}: "
                     "pull, load or build it there first"
                 ) from e

@@ -35,6 +35,11 @@ class Computes:
     def driver_of(self, definition, field_name="compute"):
         return self.drivers[_computes.compute_of(definition, self.definitions, field_name).name]
 
+    @classmethod
+    def of(cls, driver):
+        """One driver as the compute `default` (a pool of one), for callers with a single endpoint."""
+        return cls({_computes.DEFAULT: _computes.DockerPool(_computes.DEFAULT)}, {_computes.DEFAULT: driver})
+
 
 def definitions(params):
     """{name: compute definition} of a module's options, every host name unique across them."""

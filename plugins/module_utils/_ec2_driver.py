@@ -17,7 +17,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import (
     Instance,
     Spec,
 )
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import HostUnavailable, SkynetError
 
 try:
     import boto3
@@ -113,18 +113,16 @@ def to_instance(described):
     )
 
 
-SUBNET_FAILURES = (
-    "InsufficientInstanceCapacity",
-    "InsufficientFreeAddressesInSubnet",
-    "Unsupported",
-    "InvalidSubnetID",
-    "is unreachable",
+# AWS error codes of a run_instances that the subnet (or its zone) refuses, where another subnet may succeed.
+SUBNET_FAILURES = frozenset(
+    {"InsufficientInstanceCapacity", "InsufficientFreeAddressesInSubnet", "Unsupported", "InvalidSubnetID"}
 )
 
 
-def _subnet_failure(error):
-    """Whether a failed run_instances is the subnet's (or its zone's) and another subnet may succeed."""
-    return any(code in str(error) for code in SUBNET_FAILURES)
+def error_code(error):
+    """The AWS error code of a botocore exception, else None."""
+    response = getattr(error, "response", None)
+    return (response.get("Error") or {}).get("Code") if isinstance(response, dict) else None
 
 
 def describe_error(error):
@@ -240,8 +238,9 @@ class Ec2Driver(ComputeDriver):
                 "aws_secret_access_key, a profile, or the AWS_* environment variables"
             )
         if isinstance(error, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)):
-            return SkynetError(f"{self._where()} is unreachable while trying to {what}: {error}")
-        return SkynetError(f"{self._where()} failed to {what}: {describe_error(error)}")
+            return HostUnavailable(f"{self._where()} is unreachable while trying to {what}: {error}")
+        kind = HostUnavailable if error_code(error) in SUBNET_FAILURES else SkynetError
+        return kind(f"{self._where()} failed to {what}: {describe_error(error)}")
 
     def _call(self, what, method, **kwargs):
         try:
@@ -286,8 +285,8 @@ class Ec2Driver(ComputeDriver):
             subnet = self._subnet_for(spec)
             try:
                 return self._create(spec, subnet)
-            except SkynetError as e:
-                if subnet is None or not _subnet_failure(e):
+            except HostUnavailable as e:
+                if subnet is None:
                     raise
                 # The subnet cannot take an instance now (no capacity, no address left): the others can.
                 self.down.setdefault(subnet, str(e))

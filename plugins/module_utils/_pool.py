@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _placement
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import ComputeDriver
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import HostUnavailable, ImageMissing, SkynetError
 
 
 class PoolDriver(ComputeDriver):
@@ -72,11 +72,10 @@ class PoolDriver(ComputeDriver):
             for name in self._up():
                 try:
                     self.driver(name).check(spec)
+                except ImageMissing:
+                    missing.append(name)
                 except SkynetError as e:
-                    if "is not on the Docker API engine" not in str(e):
-                        self.down.setdefault(name, str(e))
-                    else:
-                        missing.append(name)
+                    self.down.setdefault(name, str(e))
             if missing:
                 raise SkynetError(
                     f"image {spec.image!r} is not on the Docker API engine of host(s) {', '.join(missing)} of compute "
@@ -112,9 +111,7 @@ class PoolDriver(ComputeDriver):
             host = chosen.hosts[0]
             try:
                 return self.driver(host).create(spec)
-            except SkynetError as e:
-                if not _unreachable(e):
-                    raise
+            except HostUnavailable as e:
                 # The host stopped answering between the listing and the start: the next one gets it.
                 self.down.setdefault(host, str(e))
                 tried.append(host)
@@ -138,11 +135,11 @@ class PoolDriver(ComputeDriver):
                     if before:
                         before()
                     made.append(self.driver(host).create(spec))
-            except SkynetError as e:
-                if not _unreachable(e):
-                    return made, e, 0
+            except HostUnavailable as e:
                 self.down.setdefault(host, str(e))
                 return made, None, shares[host] - len(made)
+            except SkynetError as e:
+                return made, e, 0
             return made, None, 0
 
         started, error, left = [], None, 0
@@ -167,11 +164,11 @@ class PoolDriver(ComputeDriver):
             if before:
                 before()
             return [self.driver(chosen.hosts[0]).create(spec)], None
-        except SkynetError as e:
-            if not _unreachable(e):
-                return [], e
+        except HostUnavailable as e:
             self.down.setdefault(chosen.hosts[0], str(e))
             return super().create_many(spec, 1, before)
+        except SkynetError as e:
+            return [], e
 
     def remove(self, instance, stop_timeout=10):
         if instance.host not in self._drivers:
@@ -189,7 +186,3 @@ class PoolDriver(ComputeDriver):
         mine = [_placement.Placed(i.host, i.id, i.service, i.created) for i in candidates]
         chosen = _placement.choose_removals(self._placement_hosts(), others + mine, service, n, scale_in)
         return [by_id[p.id] for p in chosen if p.id in by_id]
-
-
-def _unreachable(error):
-    return "unreachable" in str(error)

@@ -15,8 +15,7 @@ from dataclasses import replace
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _computes, _control, _names
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._computes import DEFAULT, DockerPool
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._drivers import Computes
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._computes import DEFAULT
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._host_failures import (
     DEFAULT_GRACE,
@@ -117,10 +116,8 @@ class Autoscaler:
         unhealthy_after=60,
         host_grace=DEFAULT_GRACE,
     ):
-        """computes: a _drivers.Computes (the drivers by compute name), or one driver, the `default` compute."""
+        """computes: a _drivers.Computes, the drivers by compute name (Computes.of(driver) for one driver)."""
         self.consul, self.registry, self.prometheus = consul, registry, prometheus
-        if not hasattr(computes, "drivers"):
-            computes = Computes({DEFAULT: DockerPool(DEFAULT)}, {DEFAULT: computes})
         self.computes, self.host_failures = computes, HostFailures(registry, host_grace)
         self.prefix, self.clock = key_prefix.rstrip("/"), clock
         self.lock_prefix, self.health_grace, self.unhealthy_after = lock_prefix, health_grace, unhealthy_after
@@ -338,7 +335,9 @@ class Autoscaler:
         listed = {i.id for i in instances}
         # A host in its grace period is not listed; its instances in the catalog still count (a blip
         # is not a loss). Once it is lost they count as gone and are replaced on the other hosts.
-        away = [i for i in self.registry.instances_on(name, set(hosts.in_grace), color) if i not in listed]
+        away = []
+        if hosts.in_grace:  # a read of the catalog only then: most cycles have no host in its grace period
+            away = [i for i in self.registry.instances_on(name, set(hosts.in_grace), color) if i not in listed]
         state_raw, index = reads.state, reads.index
         state = State.from_dict(state_raw)
         usable, uncounted, discard, drained, critical_since = self._triage(reads.health, instances, state_raw, now)

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _computes, _host_failures
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import Instance, plan
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import HostUnavailable, SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._pool import PoolDriver
 
 
@@ -165,13 +165,15 @@ def test_the_default_pool_reaches_each_hosts_agent_at_its_own_address_over_https
 class FakeHost(Lister):
     """A host's driver that starts instances in memory; down=True answers like an engine that is gone."""
 
-    def __init__(self, name, instances=(), down=False):
+    def __init__(self, name, instances=(), down=False, refuses=None):
         super().__init__(list(instances))
-        self.name, self.is_down, self.started = name, down, 0
+        self.name, self.is_down, self.refuses, self.started = name, down, refuses, 0
 
     def create(self, spec):
         if self.is_down:
-            raise SkynetError(f"Docker API at {self.name} is unreachable while trying to start")
+            raise HostUnavailable(f"Docker API at {self.name} is unreachable while trying to start")
+        if self.refuses:
+            raise SkynetError(self.refuses)
         self.started += 1
         made = Instance(
             f"{self.name}-{self.started}",
@@ -197,6 +199,18 @@ def test_a_pool_starts_many_spread_and_a_host_that_fails_meanwhile_has_its_share
     assert error is None
     assert Counter(i.host for i in made) == {"a": 3, "c": 3}
     assert "unreachable" in driver.unavailable()["b"]
+
+
+def test_a_failure_that_is_not_the_hosts_is_reported_not_retried_on_another_host():
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
+
+    defs = _computes.parse({"default": pool("a", "b")})
+    # Even an error whose text says "unreachable" is not a host failure unless the driver says so.
+    hosts = {"a": FakeHost("a", refuses="the health URL is unreachable: bad port"), "b": FakeHost("b")}
+    driver = PoolDriver(defs["default"], hosts)
+    made, error = driver.create_many(make_spec("web", "blue", "img"), 2)
+    assert str(error) == "the health URL is unreachable: bad port"
+    assert [i.host for i in made] == ["b"] and driver.unavailable() == {}
 
 
 def test_a_rolling_replacement_stays_on_the_old_ones_host_when_the_spread_is_even():
