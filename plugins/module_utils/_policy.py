@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus import parse_duration
 
 STRATEGIES = ("target", "step", "schedule")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -45,6 +46,21 @@ class Check:
     steps: tuple = ()
     windows: tuple = ()
     on_missing: str = "hold"
+    ahead: tuple = ()  # (lead, over, step) in seconds: act on where the signal will be in `lead` seconds
+
+    @property
+    def promql(self):
+        """The query sent to Prometheus: the check's own, or with `ahead` the larger of its value now and
+        its linear forecast `lead` seconds on, fitted over the last `over` seconds (a subquery)."""
+        if not self.ahead or self.query is None:
+            return self.query
+        lead, over, step = self.ahead
+        forecast = f"predict_linear(({self.query})[{_seconds(over)}:{_seconds(step) if step else ''}], {lead:g})"
+        return f"({forecast} > ({self.query})) or ({self.query})"
+
+
+def _seconds(value):
+    return f"{int(value * 1000)}ms" if value != int(value) else f"{int(value)}s"
 
 
 @dataclass(frozen=True)
@@ -146,6 +162,33 @@ def _minutes(where, hhmm):
     return hours * 60 + minutes
 
 
+def _ahead(where, raw, query, strategy):
+    """(lead, over, step) seconds of a check's `ahead`: lead, over (default 5 x lead), step (default Prometheus')."""
+    if query is None or strategy == "schedule":
+        raise SkynetError(f"{where}: ahead forecasts a query: give it with query (PromQL), not value or windows")
+    if not isinstance(raw, dict) or set(raw) - {"lead", "over", "step"}:
+        raise SkynetError(f"{where}: ahead must be a dict of lead, over and step (durations such as 2m), got {raw!r}")
+
+    def duration(key, default):
+        value = raw.get(key, default)
+        try:
+            seconds = parse_duration(value) if value is not None else None
+        except SkynetError as e:
+            raise SkynetError(f"{where}: ahead.{key}: {e}") from None
+        if seconds is not None and (not math.isfinite(seconds) or seconds <= 0):
+            raise SkynetError(f"{where}: ahead.{key} must be a positive duration, got {value!r}")
+        return seconds
+
+    lead = duration("lead", None)
+    if lead is None:
+        raise SkynetError(f"{where}: ahead needs lead, how far ahead to look (a duration such as 2m)")
+    over = duration("over", 5 * lead)
+    step = duration("step", None)
+    if step is not None and step >= over:
+        raise SkynetError(f"{where}: ahead.step ({step:g}s) must be below ahead.over ({over:g}s)")
+    return (lead, over, step or 0.0)
+
+
 def parse_check(service, index, raw):
     where = f"service {service}: check {raw.get('name') or index + 1}"
     strategy = raw.get("strategy") or ("schedule" if raw.get("windows") else "step" if raw.get("steps") else "target")
@@ -159,6 +202,8 @@ def parse_check(service, index, raw):
     if on_missing not in ("hold", "ignore"):
         raise SkynetError(f"{where}: on_missing must be hold or ignore, got {on_missing!r}")
     check = dict(name=raw.get("name") or f"check{index + 1}", strategy=strategy, query=query, on_missing=on_missing)
+    if raw.get("ahead") is not None:
+        check["ahead"] = _ahead(where, raw["ahead"], query, strategy)
     if value is not None:
         check["value"] = _metric(f"{where}: value", value)
     if strategy == "target":

@@ -161,7 +161,7 @@ class Autoscaler:
     def _query(self, service, check):
         where = f"service {service}: check {check.name}"
         try:
-            data = self.prometheus.query(check.query)
+            data = self.prometheus.query(check.promql)
         except QueryRejected as e:
             raise SkynetError(f"{where}: {e}; nothing was changed") from e
         except Unreachable:
@@ -171,7 +171,7 @@ class Autoscaler:
         kind = data.get("resultType")
         if kind in ("matrix", "string"):
             raise SkynetError(
-                f"{where}: the query {check.query!r} returned a {'range of samples' if kind == 'matrix' else kind}, "
+                f"{where}: the query {check.promql!r} returned a {'range of samples' if kind == 'matrix' else kind}, "
                 "where one number is needed; nothing was changed"
             )
         if is_empty(data):
@@ -179,7 +179,7 @@ class Autoscaler:
         try:
             return convert_result(data, "scalar")
         except SkynetError as e:  # such as two series where there was one
-            return Unavailable(f"the query {check.query!r}: {e}")
+            return Unavailable(f"the query {check.promql!r}: {e}")
 
     # -- KV state ----------------------------------------------------------------------------
 

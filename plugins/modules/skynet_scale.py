@@ -95,6 +95,11 @@ options:
       - Numbers must be finite (no V(.inf) or V(.nan)) and inside those bounds; the task fails naming the field.
       - A check has a C(name), a metric (C(query), PromQL giving one number, or C(value), given by the
         playbook; V(null) is a missing metric), a C(strategy) and C(on_missing) (V(hold) or V(ignore)).
+      - A check with a C(query) may look C(ahead), a dict of C(lead) (how far, a duration such as V(2m)),
+        C(over) (the past it fits a line to, default 5 x C(lead)) and C(step) (of the subquery, default
+        Prometheus' evaluation interval); the metric is then the larger of the query's value now and its
+        linear forecast C(lead) on (C(predict_linear) over a subquery), so capacity comes before a ramp's
+        peak and never leaves before the load does.
       - C(strategy=target) wants C(target) per instance, C(aggregate) V(average) (the metric is per
         instance) or V(total) (the service's total), C(tolerance) (0.1, below 1).
       - C(strategy=step) wants C(steps), a list of C(lower), C(upper), C(adjust) and C(unit) (V(count) or V(percent)).

@@ -15,6 +15,7 @@ import time
 import pytest
 import requests
 import yaml
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._policy import parse_check
 
 from harness.ansible import run_module
 from harness.images import build_sample_image
@@ -51,11 +52,13 @@ def _strings(node):
 
 
 def _queries_in(node):
-    """(kind, PromQL) of each check's `query` and each term of the Prometheus lookup in parsed YAML."""
+    """(kind, PromQL) of each check's `query` (as sent: with `ahead`, the forecast) and each term of the
+    Prometheus lookup in parsed YAML."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "query" and isinstance(value, str):
-                yield "query", value.strip()
+                sent = parse_check("docs", 0, {"target": 1, **node}).promql if "ahead" in node else value
+                yield "query", sent.strip()
             else:
                 yield from _queries_in(value)
     elif isinstance(node, list):
@@ -98,7 +101,8 @@ def docs_policy():
 def test_the_extraction_finds_the_examples():
     found = documented_queries()
     where = [w.split(" yaml block")[0] for w, _k, _q in found]
-    assert where.count("autoscaling.md") == 3 and "autoscaling.md text" in where, where
+    assert where.count("autoscaling.md") == 4 and "autoscaling.md text" in where, where
+    assert [q for _w, _k, q in found if q.startswith("(predict_linear(")], "the example of scaling ahead"
     for source in ("skynet_scale.py", "skynet_bluegreen.py", "prometheus.py"):
         assert f"{source} EXAMPLES" in where, source
     # The frontend is NAME; the backends are NAME_blue and NAME_green.

@@ -11,6 +11,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._policy import (
     State,
     Unavailable,
     decide,
+    parse_check,
     parse_policy,
 )
 
@@ -468,3 +469,31 @@ def test_the_ceilings_themselves_are_accepted():
         },
     )
     assert (p.max, p.min_step, p.max_step_percent) == (1_000_000, 50, 10_000)
+
+
+def test_a_check_ahead_sends_the_larger_of_now_and_the_forecast():
+    check = parse_check("web", 0, {"query": "sum(rate(x[1m]))", "target": 10, "ahead": {"lead": "2m"}})
+    assert check.ahead == (120.0, 600.0, 0.0)
+    assert check.promql == (
+        "(predict_linear((sum(rate(x[1m])))[600s:], 120) > (sum(rate(x[1m])))) or (sum(rate(x[1m])))"
+    )
+    stepped = parse_check("web", 0, {"query": "q", "target": 1, "ahead": {"lead": 30, "over": "5m", "step": "15s"}})
+    assert stepped.promql == "(predict_linear((q)[300s:15s], 30) > (q)) or (q)"
+    assert parse_check("web", 0, {"query": "q", "target": 1}).promql == "q"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"value": 3, "target": 1, "ahead": {"lead": "1m"}}, "ahead forecasts a query"),
+        ({"query": "q", "target": 1, "ahead": {}}, "ahead needs lead"),
+        ({"query": "q", "target": 1, "ahead": {"lead": "soon"}}, "ahead.lead: 'soon' is not a duration"),
+        ({"query": "q", "target": 1, "ahead": {"lead": 0}}, "ahead.lead must be a positive duration"),
+        ({"query": "q", "target": 1, "ahead": {"lead": "1m", "step": "10m"}}, r"ahead.step \(600s\) must be below"),
+        ({"query": "q", "target": 1, "ahead": {"lead": "1m", "window": "5m"}}, "ahead must be a dict of lead, over"),
+        ({"query": "q", "target": 1, "ahead": "1m"}, "ahead must be a dict of lead, over"),
+    ],
+)
+def test_a_bad_ahead_is_refused_naming_the_check(raw, message):
+    with pytest.raises(SkynetError, match=f"service web: check 1: {message}"):
+        parse_check("web", 0, raw)
