@@ -2,11 +2,18 @@
 
     .venv/bin/python bench/autoscale.py reaction        # load step -> first added instance serving
     .venv/bin/python bench/autoscale.py cycle [N ...]   # cost of one cycle for N services (1 10 100)
+    .venv/bin/python bench/autoscale.py ramp            # a load ramp, the check as is and with `ahead`
 
 reaction: the sample service at 1 instance behind HAProxy, Prometheus scraping HAProxy every
 second, skynet_scale run back to back; a 200 requests/s step at t=0. Prints when the metric
 showed the step, when the decision was taken, when the new instances passed in Consul and when
 the first request was served by one of them.
+
+ramp: the same service behind HAProxy, the load rising by 25 requests/s every 6 s up to 200 (a ramp of about
+4 requests/s per second), skynet_scale run back to back; once with the request-rate check as is and once with
+`ahead` (lead 20 s over 30 s). Prints, for each count of instances the ramp comes to need (the rate passing
+50, 100, 150 requests/s: target 50 per instance), when the load needed it and when the decision for it was
+taken: a negative lag is capacity decided before the load needed it.
 
 cycle: N services with a policy each, their query answered by a real Prometheus. "hold" is a
 cycle with nothing to change; "change" a cycle where every service scales 1 -> 2 (N instances
@@ -127,6 +134,83 @@ def reaction(stack):
     run_module("cyberdyne.skynet.skynet_compute", {**common, "service": "web", "state": "absent", "drain_period": 0})
 
 
+def ramp(stack):
+    consul, engine = stack.consul(), stack.podman()
+    client = engine.client()
+    image = build_sample_image(client, "1")
+    frontend = free_port()
+    haproxy = stack.haproxy(consul_backend("web", frontend, consul.dns_port))
+    prom = stack.prometheus(
+        {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": "haproxy", "static_configs": [{"targets": [f"127.0.0.1:{haproxy.stats_port}"]}]}
+            ],
+        }
+    )
+    query = 'sum(rate(haproxy_backend_http_requests_total{proxy="web"}[10s]))'
+    common = {"docker_host": engine.docker_host, "consul_url": consul.url}
+    url = f"http://127.0.0.1:{frontend}/"
+    print("load ramp 0 -> 200 requests/s, +25 every 6 s; target 50/instance; decisions by instance count")
+    print(f"{'check':>22} {'needs 2':>9} {'decided':>8} {'needs 3':>9} {'decided':>8} {'needs 4':>9} {'decided':>8}")
+    for label, ahead in (("as is", None), ("ahead 20s over 30s", {"lead": "20s", "over": "30s", "step": "1s"})):
+        check = {"name": "rps", "query": query, "aggregate": "total", "target": 50}
+        if ahead:
+            check["ahead"] = ahead
+        definition = {
+            "name": "web",
+            "image": image,
+            "port": 8080,
+            "health": HEALTH,
+            "scaling": {"min": 1, "max": 6, "cooldown_up": 0, "stabilization_window": 60, "checks": [check]},
+        }
+        run_module(
+            "cyberdyne.skynet.skynet_compute",
+            {**common, "service": "web", "image": image, "count": 1, "health": HEALTH},
+        )
+        wait_for(lambda: requests_ok(url), 20, "the service")
+        args = {**common, "services": [definition], "prometheus_url": prom.url, "drain_period": 0}
+        stop, decided, needed = threading.Event(), {}, {}
+
+        def cycles(args=args, stop=stop, decided=decided):
+            while not stop.is_set():
+                for d in run_module("cyberdyne.skynet.skynet_scale", args).get("decisions", []):
+                    for n in range(2, (d.get("desired") or 0) + 1):
+                        decided.setdefault(n, d["time"])
+
+        loads = []
+        cycler = threading.Thread(target=cycles, daemon=True)
+        t0 = time.time()
+        cycler.start()
+        try:
+            for _step in range(8):
+                loads.append(LoadLoop(url, rate=25).__enter__())
+                end = time.monotonic() + 6
+                while time.monotonic() < end:
+                    rate = prom.query(query)
+                    value = float(rate[0]["value"][1]) if rate else 0.0
+                    for n in (2, 3, 4):
+                        if value > 50 * (n - 1):
+                            needed.setdefault(n, time.time())
+                    time.sleep(0.5)
+            wait_for(lambda decided=decided: 4 in decided, 60, "the decision for 4 instances", interval=0.5)
+        finally:
+            stop.set()
+            for load in loads:
+                load.__exit__(None, None, None)
+            cycler.join(120)
+        cells = []
+        for n in (2, 3, 4):
+            need, got = needed.get(n), decided.get(n)
+            cells.append(f"{need - t0:8.1f}s" if need else "       -")
+            cells.append(f"{got - need:+7.1f}s" if need and got else "      -")
+        print(f"{label:>22} " + " ".join(cells), flush=True)
+        remove = {**common, "service": "web", "state": "absent", "drain_period": 0}
+        run_module("cyberdyne.skynet.skynet_compute", remove)
+        consul.api("DELETE", "kv/skynet/scale/web", params={"recurse": "1"})
+        time.sleep(12)  # the rate window empties before the next pass
+
+
 def requests_ok(url):
     import requests
 
@@ -210,6 +294,8 @@ def main():
     try:
         if what == "reaction":
             reaction(stack)
+        elif what == "ramp":
+            ramp(stack)
         else:
             cycle(stack, [int(a) for a in sys.argv[2:]] or [1, 10, 100])
     finally:

@@ -10,9 +10,9 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._computes import 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 
 
-def docker_pool(names, hostvars, local=None, local_consul_url=None):
+def docker_pool(names, hostvars, local=None, local_consul_url=None, consul_tls=None):
     try:
-        computes = pool_from_hosts([(n, hostvars[n]) for n in names], local, local_consul_url)
+        computes = pool_from_hosts([(n, hostvars[n]) for n in names], local, local_consul_url, consul_tls)
         parse(computes)
     except SkynetError as e:
         raise AnsibleFilterError(f"docker_hosts: {e}") from e

@@ -221,14 +221,15 @@ def _host_label(name):
     return label if label[:1].isalpha() else f"h-{label}"[:63].strip("-")
 
 
-def _agent_url(address, hostvars):
+def _agent_url(address, hostvars, tls_default):
     tls = hostvars.get("consul_tls") or {}
-    if str(tls.get("enabled", "")).lower() in ("true", "1", "yes"):
+    enabled = tls.get("enabled", tls_default)
+    if str(enabled).lower() in ("true", "1", "yes"):
         return f"https://{address}:{tls.get('https_port') or 8501}"
     return f"http://{address}:8500"
 
 
-def pool_from_hosts(hosts, local=None, local_consul_url=None):
+def pool_from_hosts(hosts, local=None, local_consul_url=None, consul_tls=None):
     """The `default` docker compute of an inventory's Docker hosts: [(inventory name, vars), ...].
 
     Each host's entry takes its own `skynet_docker_url`, `skynet_docker_tls`, `skynet_advertise_address`,
@@ -236,7 +237,8 @@ def pool_from_hosts(hosts, local=None, local_consul_url=None):
     advertise address (else its default IPv4 address, ansible_host, its name), the Docker API on that
     address (tcp, port 2376) except on the local host, which uses its registrator's socket, and that host's
     Consul agent at its own default IPv4 address (else the address above): HTTPS on the port of the consul role's
-    fact `consul_tls` when it says TLS is on, else HTTP on 8500 (on the local host, local_consul_url).
+    fact `consul_tls` when it says TLS is on, else HTTP on 8500 (on the local host, local_consul_url). A host
+    without the fact (a run that did not run the consul role: AWX) takes consul_tls (True: HTTPS on 8501).
     """
     entries = []
     for name, hv in hosts:
@@ -253,12 +255,13 @@ def pool_from_hosts(hosts, local=None, local_consul_url=None):
         url = hv.get("skynet_docker_url") or (
             hv.get("registrator_docker_host") if is_local and hv.get("registrator_docker_host") else None
         )
+        agent = _agent_url(own_address or address, hv, consul_tls)
         entry = {
             "name": hv.get("skynet_host_name") or _host_label(name),
             "url": url or f"tcp://{address}:2376",
             "address": address,
             "consul_url": hv.get("skynet_consul_agent_url")
-            or (local_consul_url if is_local and local_consul_url else _agent_url(own_address or address, hv)),
+            or (local_consul_url if is_local and local_consul_url else agent),
         }
         for key, var in (("tls", "skynet_docker_tls"), ("zone", "skynet_zone"), ("capacity", "skynet_capacity")):
             if hv.get(var) not in (None, "", {}):

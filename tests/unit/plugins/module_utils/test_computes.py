@@ -160,6 +160,11 @@ def test_the_default_pool_reaches_each_hosts_agent_at_its_own_address_over_https
     assert (a.address, a.consul_url) == ("10.0.1.5", "https://10.0.0.21:8601")
     assert b.consul_url == "http://10.0.0.22:8500"
     assert c.consul_url == "https://10.0.0.23:8501"
+    # No fact (an AWX job that did not run the consul role): as the caller says, HTTP by default.
+    bare = [("d4", {"ansible_host": "10.0.0.24"})]
+    assert _computes.parse(_computes.pool_from_hosts(bare))["default"].hosts[0].consul_url == "http://10.0.0.24:8500"
+    (d4,) = _computes.parse(_computes.pool_from_hosts(bare, consul_tls=True))["default"].hosts
+    assert d4.consul_url == "https://10.0.0.24:8501"
 
 
 class FakeHost(Lister):
