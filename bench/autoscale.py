@@ -23,7 +23,9 @@ Ansible as well.
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import signal
 import sys
 import threading
@@ -134,6 +136,14 @@ def reaction(stack):
     run_module("cyberdyne.skynet.skynet_compute", {**common, "service": "web", "state": "absent", "drain_period": 0})
 
 
+def _cycles(args, stop, decided):
+    """skynet_scale back to back until stop; decided[n]: when a decision first asked for n instances."""
+    while not stop.is_set():
+        for d in run_module("cyberdyne.skynet.skynet_scale", args).get("decisions", []):
+            for n in range(2, (d.get("desired") or 0) + 1):
+                decided.setdefault(n, d["time"])
+
+
 def ramp(stack):
     consul, engine = stack.consul(), stack.podman()
     client = engine.client()
@@ -172,14 +182,8 @@ def ramp(stack):
         args = {**common, "services": [definition], "prometheus_url": prom.url, "drain_period": 0}
         stop, decided, needed = threading.Event(), {}, {}
 
-        def cycles(args=args, stop=stop, decided=decided):
-            while not stop.is_set():
-                for d in run_module("cyberdyne.skynet.skynet_scale", args).get("decisions", []):
-                    for n in range(2, (d.get("desired") or 0) + 1):
-                        decided.setdefault(n, d["time"])
-
         loads = []
-        cycler = threading.Thread(target=cycles, daemon=True)
+        cycler = threading.Thread(target=_cycles, args=(args, stop, decided), daemon=True)
         t0 = time.time()
         cycler.start()
         try:
@@ -193,7 +197,7 @@ def ramp(stack):
                         if value > 50 * (n - 1):
                             needed.setdefault(n, time.time())
                     time.sleep(0.5)
-            wait_for(lambda decided=decided: 4 in decided, 60, "the decision for 4 instances", interval=0.5)
+            wait_for(functools.partial(operator.contains, decided, 4), 60, "the decision for 4", interval=0.5)
         finally:
             stop.set()
             for load in loads:
