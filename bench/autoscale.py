@@ -51,7 +51,12 @@ from harness.stack import Stack, consul_backend
 HEALTH = {"path": "/health", "interval": "1s"}
 
 
-def reaction(stack):
+QUERY = 'sum(rate(haproxy_backend_http_requests_total{proxy="web"}[10s]))'
+
+
+def web_behind_haproxy(stack):
+    """Consul, an engine with the sample image, HAProxy's backend `web` from Consul DNS, Prometheus scraping
+    HAProxy every second: (consul, engine, docker client, image, frontend URL, prometheus)."""
     consul, engine = stack.consul(), stack.podman()
     client = engine.client()
     image = build_sample_image(client, "1")
@@ -59,13 +64,17 @@ def reaction(stack):
     haproxy = stack.haproxy(consul_backend("web", frontend, consul.dns_port))
     prom = stack.prometheus(
         {
-            "global": {"scrape_interval": "1s"},
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [
                 {"job_name": "haproxy", "static_configs": [{"targets": [f"127.0.0.1:{haproxy.stats_port}"]}]}
             ],
         }
     )
-    query = 'sum(rate(haproxy_backend_http_requests_total{proxy="web"}[10s]))'
+    return consul, engine, client, image, f"http://127.0.0.1:{frontend}/", prom
+
+
+def reaction(stack):
+    consul, engine, client, image, url, prom = web_behind_haproxy(stack)
     definition = {
         "name": "web",
         "image": image,
@@ -76,14 +85,13 @@ def reaction(stack):
             "max": 6,
             "cooldown_up": 0,
             "stabilization_window": 60,
-            "checks": [{"name": "rps", "query": query, "aggregate": "total", "target": 50}],
+            "checks": [{"name": "rps", "query": QUERY, "aggregate": "total", "target": 50}],
         },
     }
     common = {"docker_host": engine.docker_host, "consul_url": consul.url}
     run_module(
         "cyberdyne.skynet.skynet_compute", {**common, "service": "web", "image": image, "count": 1, "health": HEALTH}
     )
-    url = f"http://127.0.0.1:{frontend}/"
     wait_for(lambda: requests_ok(url), 20, "the service")
     first_id = client.containers.list(filters={"label": ["io.skynet.service=web"]})[0].id[:12]
     args = {**common, "services": [definition], "prometheus_url": prom.url, "drain_period": 0}
@@ -104,7 +112,7 @@ def reaction(stack):
     cycler = threading.Thread(target=cycles, daemon=True)
     cycler.start()
     try:
-        wait_for(lambda: prom.query(f"{query} > 75"), 60, "the metric to show the step", interval=0.2)
+        wait_for(lambda: prom.query(f"{QUERY} > 75"), 60, "the metric to show the step", interval=0.2)
         t_metric = time.monotonic()
         wait_for(
             lambda: len(consul.api("GET", "health/service/web", params={"passing": "1"})) > 1,
@@ -145,26 +153,12 @@ def _cycles(args, stop, decided):
 
 
 def ramp(stack):
-    consul, engine = stack.consul(), stack.podman()
-    client = engine.client()
-    image = build_sample_image(client, "1")
-    frontend = free_port()
-    haproxy = stack.haproxy(consul_backend("web", frontend, consul.dns_port))
-    prom = stack.prometheus(
-        {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [
-                {"job_name": "haproxy", "static_configs": [{"targets": [f"127.0.0.1:{haproxy.stats_port}"]}]}
-            ],
-        }
-    )
-    query = 'sum(rate(haproxy_backend_http_requests_total{proxy="web"}[10s]))'
+    consul, engine, _client, image, url, prom = web_behind_haproxy(stack)
     common = {"docker_host": engine.docker_host, "consul_url": consul.url}
-    url = f"http://127.0.0.1:{frontend}/"
     print("load ramp 0 -> 200 requests/s, +25 every 6 s; target 50/instance; decisions by instance count")
     print(f"{'check':>22} {'needs 2':>9} {'decided':>8} {'needs 3':>9} {'decided':>8} {'needs 4':>9} {'decided':>8}")
     for label, ahead in (("as is", None), ("ahead 20s over 30s", {"lead": "20s", "over": "30s", "step": "1s"})):
-        check = {"name": "rps", "query": query, "aggregate": "total", "target": 50}
+        check = {"name": "rps", "query": QUERY, "aggregate": "total", "target": 50}
         if ahead:
             check["ahead"] = ahead
         definition = {
@@ -191,7 +185,7 @@ def ramp(stack):
                 loads.append(LoadLoop(url, rate=25).__enter__())
                 end = time.monotonic() + 6
                 while time.monotonic() < end:
-                    rate = prom.query(query)
+                    rate = prom.query(QUERY)
                     value = float(rate[0]["value"][1]) if rate else 0.0
                     for n in (2, 3, 4):
                         if value > 50 * (n - 1):

@@ -75,6 +75,16 @@ def parse(record, service):
         raise SkynetError(f"the control record of {service} (skynet/scale/{service}/{LEAF}) is invalid: {e}") from e
 
 
+def apply(record, service, current, desired, action, reason):
+    """(control, error, desired, action, reason): the KV record applied to the policy's decision. A record that
+    is not a valid one holds the service at current, with the error naming it."""
+    try:
+        control = parse(record, service)
+    except SkynetError as e:
+        return None, str(e), current, "hold", f"{e}: holding ({reason})"
+    return (control, None, *override(control, current, desired, action, reason))
+
+
 def override(control, current, desired, action, reason):
     """(desired, action, reason) once control is applied to the policy's decision; unchanged without one."""
     if control is None:

@@ -348,19 +348,11 @@ class Autoscaler:
         covered = set(state_raw.get("replacement_started") or ()) & {i.id for i in failing}
         current = len(usable) + len([i for i in failing if i.id not in covered]) + len(away)
         decision, new_state = decide(policy, current, values, state, now)
-        try:
-            control = _control.parse(reads.control, name)
-        except SkynetError as e:
-            control, control_error = None, str(e)
-        else:
-            control_error = None
+        control, control_error, desired, action, reason = _control.apply(
+            reads.control, name, decision.current, decision.desired, decision.action, decision.reason
+        )
         if control is not None or control_error:
             # The operator's word wins over the policy; the policy's timers (cooldowns) stay as they were.
-            desired, action, reason = _control.override(
-                control, decision.current, decision.desired, decision.action, decision.reason
-            )
-            if control_error:
-                desired, action, reason = decision.current, "hold", f"{control_error}: holding ({decision.reason})"
             decision, new_state = replace(decision, desired=desired, action=action, reason=reason), state
         result = {**decision.as_dict(), "color": color, "compute": compute, "applied": False, "error": control_error}
         if control is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._control import make, override, parse
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._control import apply, make, override, parse
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 
 
@@ -56,3 +56,12 @@ def test_a_record_that_is_not_one_names_the_service_and_its_key():
         parse({"mode": "paused"}, "web")
     with pytest.raises(SkynetError, match="the control record of web is not an object"):
         parse("paused", "web")
+
+
+def test_applying_a_record_holds_on_an_invalid_one_and_passes_without_one():
+    control, error, desired, action, reason = apply({"mode": "frozen"}, "web", 2, 5, "scale_out", "load")
+    assert control is None and (desired, action) == (2, "hold")
+    assert error.startswith("the control record of web") and reason.endswith(": holding (load)")
+    assert apply(None, "web", 2, 5, "scale_out", "load") == (None, None, 5, "scale_out", "load")
+    pinned = make("pinned", "bob", "sale", 1.0, count=3).as_dict()
+    assert apply(pinned, "web", 2, 5, "scale_out", "load")[1:4] == (None, 3, "scale_out")
