@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.client
 import json
 import logging
 import os
 import re
 import signal
-import ssl
 import tempfile
 import threading
 import time
 import urllib.parse
+
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul_http import ConsulHTTP, ConsulHTTPError
 
 # Consul's own order of precedence (api.HealthChecks.AggregatedStatus).
 HEALTH_ORDER = ("maintenance", "critical", "warning", "passing")
@@ -153,18 +153,11 @@ class Catalog:
     """The two read-only calls the discovery needs; every failure is one ConsulSdError."""
 
     def __init__(self, url, token=None, datacenter=None, ca_file=None, timeout=10.0, stale=True):
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConsulSdError(f"the Consul URL must be http(s)://HOST[:PORT], got {url!r}")
-        self.url = url.rstrip("/")
-        self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
-        self.token, self.datacenter, self.timeout, self.stale = token, datacenter, timeout, stale
-        self.context = ssl.create_default_context(cafile=ca_file) if self.scheme == "https" else None
-
-    def _connection(self):
-        if self.scheme == "https":
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.context)
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            self.http = ConsulHTTP(url, token=token, ca_file=ca_file, timeout=timeout)
+        except ConsulHTTPError as e:
+            raise ConsulSdError(str(e)) from e
+        self.url, self.datacenter, self.stale = self.http.url, datacenter, stale
 
     def _get(self, path):
         params = {}
@@ -172,24 +165,10 @@ class Catalog:
             params["stale"] = ""
         if self.datacenter:
             params["dc"] = self.datacenter
-        target = f"/v1/{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
-        headers = {"X-Consul-Token": self.token} if self.token else {}
-        connection = self._connection()
         try:
-            connection.request("GET", target, headers=headers)
-            response = connection.getresponse()
-            body = response.read()
-        except (OSError, http.client.HTTPException) as e:
-            raise ConsulSdError(f"Consul at {self.url} failed on /v1/{path}: {e}") from e
-        finally:
-            connection.close()
-        if response.status != 200:
-            detail = body.decode(errors="replace").strip()
-            raise ConsulSdError(f"Consul at {self.url} answered {response.status} to /v1/{path}: {detail}")
-        try:
-            return json.loads(body)
-        except ValueError as e:
-            raise ConsulSdError(f"Consul at {self.url} answered /v1/{path} with no JSON: {e}") from e
+            return self.http.get(path, params)
+        except ConsulHTTPError as e:
+            raise ConsulSdError(str(e)) from e
 
     def services(self):
         return sorted(self._get("catalog/services") or {})

@@ -8,6 +8,7 @@ import contextlib
 import time
 import uuid
 
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _docker_api
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import (
     COLOR_LABEL,
     HOST_LABEL,
@@ -80,8 +81,8 @@ class DockerDriver(ComputeDriver):
                 verify=validate_certs,
             )
         try:
-            self.client = docker.DockerClient(base_url=docker_host, tls=tls, timeout=timeout, version="auto")
-        except docker.errors.DockerException as e:
+            self.client = _docker_api.client(docker_host, tls=tls, timeout=timeout)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise HostUnavailable(f"Docker API at {docker_host} is unreachable: {e}") from e
 
     def _fail(self, what, error):

@@ -12,8 +12,10 @@ the map files from disk again: whoever switches at runtime also writes the files
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _activator
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import (
     COLORS,
@@ -207,7 +209,14 @@ def _frontend(name, bind, s, map_file, fallback, timeout_client, logging):
     return _lines(f"frontend {name}", body)
 
 
-def _backend(s, color, timeouts, init_addr):
+def scales_from_zero(s):
+    """Whether a service definition may go to zero instances (scaling.min 0): the activator then holds its
+    requests while it has none."""
+    scaling = s.get("scaling")
+    return isinstance(scaling, dict) and scaling.get("min", 1) == 0
+
+
+def _backend(s, color, timeouts, init_addr, activator):
     name, mode = s["name"], s.get("mode") or "http"
     health = s.get("health") or {}
     slots = (s.get("scaling") or {}).get("max", DEFAULT_SLOTS)
@@ -226,12 +235,20 @@ def _backend(s, color, timeouts, init_addr):
         f"server-template {name}_{color} {slots} _{name}._{color}.service.consul resolvers consul "
         f"resolve-opts allow-dup-ip init-addr {init_addr} check inter 1s fall 2 rise 1"
     )
+    if activator:
+        # Used only while no instance of this color is up: the activator holds the request until one is.
+        body.append(f"server activator unix@{_activator.socket_path(activator['socket_dir'], name, color)} backup")
     return _lines(f"backend {name}_{color}", body)
 
 
-def _service(s, color, map_dir, logging, init_addr):
+def _service(s, color, map_dir, logging, init_addr, activator):
     name, mode = s["name"], s.get("mode") or "http"
     timeouts = {**TIMEOUTS[mode], **{k: _duration(v) for k, v in (s.get("timeouts") or {}).items()}}
+    activator = activator if activator and scales_from_zero(s) else None
+    if activator:
+        longest = _seconds(activator["hold"] + _activator.SERVER_TIMEOUT_MARGIN)
+        if _seconds_of(timeouts["server"]) < _seconds_of(longest):
+            timeouts["server"] = longest
     address = s.get("lb_address") or "127.0.0.1"
     client = timeouts["client"]
     parts = [
@@ -245,7 +262,7 @@ def _service(s, color, map_dir, logging, init_addr):
                 f"{name}_preview", preview, s, f"{map_dir}/{PREVIEW_MAP}", f"{name}_{other(color)}", client, logging
             )
         )
-    parts += [_backend(s, c, timeouts, init_addr) for c in COLORS]
+    parts += [_backend(s, c, timeouts, init_addr, activator) for c in COLORS]
     return "\n".join(parts)
 
 
@@ -261,6 +278,7 @@ def render(
     defaults_extra=(),
     server_state_file=None,
     stats_socket_group=None,
+    activator=None,
 ):
     """The whole haproxy.cfg for the service definitions; SkynetError (and nothing rendered) on any error.
 
@@ -271,6 +289,9 @@ def render(
     from Consul DNS, health) that the old one saved there with `show servers state` just before
     the reload, instead of with none until its first DNS answer (a few 503s under load). The
     file must exist; before the first save it holds the line `1` (the format version).
+
+    activator ({socket_dir, hold}) adds the activator as the backup server of each color backend of every
+    service that scales from zero, and makes its server timeout outlast the hold.
     """
     colors = preflight(services, stats_bind, live)
     try:
@@ -341,8 +362,29 @@ def render(
     # Log formats only where there is somewhere to log to: HAProxy warns about them otherwise.
     logging = any(str(line).split()[:1] == ["log"] for line in global_extra)
     init_addr = "last,none" if server_state_file else "none"
-    sections += [_service(s, colors[s["name"]], map_dir, logging, init_addr) for s in services]
+    activator = _activator_options(activator)
+    sections += [_service(s, colors[s["name"]], map_dir, logging, init_addr, activator) for s in services]
     return "\n".join(sections)
+
+
+def _activator_options(activator):
+    if not activator:
+        return None
+    if not isinstance(activator, dict) or not activator.get("socket_dir"):
+        raise SkynetError("invalid HAProxy settings: activator needs a socket_dir")
+    hold = activator.get("hold", _activator.DEFAULT_HOLD)
+    if isinstance(hold, bool) or not isinstance(hold, (int, float)) or not 0 < hold < 86400:
+        raise SkynetError(f"invalid HAProxy settings: activator hold {hold!r} is not a number of seconds above 0")
+    return {"socket_dir": str(activator["socket_dir"]), "hold": hold}
+
+
+def _seconds(value):
+    return f"{math.ceil(value)}s"
+
+
+def _seconds_of(duration):
+    number, unit = re.match(r"^([0-9]+)(us|ms|s|m|h|d)$", duration).groups()
+    return int(number) * {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
 
 
 def render_map(services, live=None, *, preview=False):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _wake
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus import parse_duration
 
@@ -27,6 +28,7 @@ DEFAULT_MIN_STEP = 4  # ...which always allows 4 more, whatever the percent says
 MAX_COOLDOWN = 86_400
 MAX_WINDOW = 3_600  # the stabilization window's recommendations are kept in Consul KV
 MAX_STEP_PERCENT = 10_000
+DEFAULT_IDLE_AFTER = 300
 
 
 class Unavailable(str):
@@ -75,6 +77,7 @@ class Policy:
     max_step: int | None = None
     max_step_percent: float | None = None  # None: DEFAULT_STEP_PERCENT for scale-out, no bound on scale-in
     min_step: int = DEFAULT_MIN_STEP
+    idle_after: float = DEFAULT_IDLE_AFTER  # with min 0: seconds without demand before the last instance goes
 
 
 @dataclass
@@ -82,14 +85,19 @@ class State:
     last_scale_up: float = 0.0
     last_scale_down: float = 0.0
     recommendations: list = field(default_factory=list)  # [[time, desired], ...] inside the window
+    busy_at: float | None = None  # the last time the checks wanted an instance (None: not seen yet)
+    woken: int = 0  # ModifyIndex of the last wake record answered (see _wake)
 
     @classmethod
     def from_dict(cls, data):
         data = data or {}
+        busy_at = data.get("busy_at")
         return cls(
             float(data.get("last_scale_up", 0)),
             float(data.get("last_scale_down", 0)),
             [list(r) for r in data.get("recommendations", [])],
+            None if busy_at is None else float(busy_at),
+            int(data.get("woken") or 0),
         )
 
     def as_dict(self):
@@ -97,6 +105,8 @@ class State:
             "last_scale_up": self.last_scale_up,
             "last_scale_down": self.last_scale_down,
             "recommendations": self.recommendations,
+            "busy_at": self.busy_at,
+            "woken": self.woken,
         }
 
 
@@ -305,6 +315,9 @@ def parse_policy(service, raw):
             maximum=MAX_NEW_PER_CYCLE,
             integer=True,
         ),
+        idle_after=_number(
+            f"{where}: idle_after", raw.get("idle_after", DEFAULT_IDLE_AFTER), minimum=0, maximum=MAX_COOLDOWN
+        ),
     )
 
 
@@ -387,9 +400,10 @@ def assess(policy, values):
     return metrics, missing, "; ".join(outages) or None
 
 
-def decide(policy, current, values, state, now, now_local=None):
+def decide(policy, current, values, state, now, now_local=None, wake=0):
     """One decision for policy; values maps check names to metric values (None: missing;
-    Unavailable: could not be read, which always holds)."""
+    Unavailable: could not be read, which always holds). wake: the ModifyIndex of the service's wake record
+    (0: none); one newer than the state's starts an instance of a service at zero, whatever the metrics say."""
     now_local = now_local or datetime.fromtimestamp(now)
     recs, reasons = [], []
     for check in policy.checks:
@@ -398,7 +412,8 @@ def decide(policy, current, values, state, now, now_local=None):
         if rec is not None:
             recs.append(rec)
     metrics, missing, outage = assess(policy, values)
-    new_state = State(state.last_scale_up, state.last_scale_down, list(state.recommendations))
+    woken = _wake.pending(wake, state.woken)
+    new_state = replace(state, recommendations=list(state.recommendations), woken=max(state.woken, int(wake or 0)))
 
     if not recs:
         raw = current
@@ -414,6 +429,7 @@ def decide(policy, current, values, state, now, now_local=None):
         bound = f" (held at max {policy.max})"
     elif raw == policy.min and recs and max(recs) < policy.min:
         bound = f" (held at min {policy.min})"
+    raw = _idle(policy, current, raw, state, new_state, now, woken, reasons)
 
     # Scale-down stabilization: act on the highest recommendation of the window.
     window_start = now - policy.stabilization_window
@@ -445,6 +461,9 @@ def decide(policy, current, values, state, now, now_local=None):
     if action == "scale_in" and now - last_change < policy.cooldown_down and current <= policy.max:
         reasons.append(f"cooldown: last scaling {now - last_change:.0f}s ago (< {policy.cooldown_down:g}s)")
         desired, action = current, "hold"
+    if woken and current == 0 and desired == 0 and policy.max > 0:
+        reasons = [r for r in reasons if not r.startswith("cooldown:")]  # a held request does not wait for it
+        desired, action = 1, "scale_out"
     if action == "scale_out":
         new_state.last_scale_up = now
     elif action == "scale_in":
@@ -452,6 +471,22 @@ def decide(policy, current, values, state, now, now_local=None):
     reason = "; ".join(reasons) + bound
     decision = Decision(policy.service, now, current, desired, action, reason, metrics, missing, outage)
     return decision, new_state
+
+
+def _idle(policy, current, raw, state, new_state, now, woken, reasons):
+    """raw, kept at one instance while a service that may go to zero has not been idle for idle_after; a wake
+    is demand."""
+    if woken:
+        reasons.append("woken: a request for it was held at a load balancer")
+    if raw > 0 or woken:
+        new_state.busy_at = now
+        return max(raw, min(1, policy.max)) if woken else raw
+    busy_at = now if state.busy_at is None else state.busy_at
+    new_state.busy_at = busy_at
+    if current == 0 or policy.max == 0 or now - busy_at >= policy.idle_after:
+        return raw
+    reasons.append(f"idle for {now - busy_at:.0f}s: the last instance goes after idle_after {policy.idle_after:g}s")
+    return 1
 
 
 def step_limit(policy, current, up):

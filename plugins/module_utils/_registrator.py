@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _names
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _docker_api, _names
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import (
     COLOR_LABEL,
     HOST_LABEL,
@@ -549,9 +549,7 @@ class Registrator:
     def _docker(self, what, fn, *args, **kwargs):
         try:
             if self._client is None:
-                self._client = docker.DockerClient(
-                    base_url=self.docker_host, version="auto", timeout=self.docker_timeout
-                )
+                self._client = _docker_api.client(self.docker_host, timeout=self.docker_timeout)
             return fn(self._client.api, *args, **kwargs)
         except docker.errors.NotFound:
             raise
@@ -686,7 +684,7 @@ class Registrator:
         while not self.stopping.is_set():
             client = None
             try:
-                client = docker.DockerClient(base_url=self.docker_host, version="auto", timeout=self.docker_timeout)
+                client = _docker_api.client(self.docker_host, timeout=self.docker_timeout)
                 stream = client.api.events(decode=True, filters=filters)
                 self.metrics.set("skynet_registrator_docker_connected", 1)
                 if backoff.failures:
@@ -755,7 +753,7 @@ class StatsPoller:
 
     def _api(self):
         if self._client is None:
-            self._client = docker.DockerClient(base_url=self.docker_host, version="auto", timeout=self.timeout)
+            self._client = _docker_api.client(self.docker_host, timeout=self.timeout)
         return self._client.api
 
     def _stats(self, api, cid):

@@ -146,6 +146,13 @@ class Registry:
                 out[entry["Key"][len(prefix) :]] = json.loads(entry["Value"])
         return out
 
+    def modify_indexes(self, prefix):
+        """{key: ModifyIndex} of every key under prefix (one recursive read)."""
+        entries = self.call(
+            f"read {prefix}", self.client.kv.get, kv_key(prefix.rstrip("/"), "Consul KV key") + "/", recurse=True
+        )[1]
+        return {e["Key"]: e["ModifyIndex"] for e in entries or ()}
+
     def keys(self, prefix):
         """Every key under prefix (names only: one cheap read)."""
         found = self.call(

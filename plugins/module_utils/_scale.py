@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _computes, _control, _names
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _computes, _control, _names, _wake
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._computes import DEFAULT
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
@@ -200,6 +200,7 @@ class Autoscaler:
             health=self.registry.health(name),
             release=release_of(self.registry.read_json(f"{BLUEGREEN_PREFIX}/{name}/release")),
             control=self.registry.read_json(self._key(name, _control.LEAF)),
+            wake=self.registry.read_versioned(_wake.key(name))[1],
         )
 
     # -- the cycle ---------------------------------------------------------------------------
@@ -347,7 +348,7 @@ class Autoscaler:
         failing = uncounted + discard
         covered = set(state_raw.get("replacement_started") or ()) & {i.id for i in failing}
         current = len(usable) + len([i for i in failing if i.id not in covered]) + len(away)
-        decision, new_state = decide(policy, current, values, state, now)
+        decision, new_state = decide(policy, current, values, state, now, wake=reads.wake)
         control, control_error, desired, action, reason = _control.apply(
             reads.control, name, decision.current, decision.desired, decision.action, decision.reason
         )

@@ -3,7 +3,7 @@
 """What one cycle reads about every service at once, so that a thousand holding services cost a few reads.
 
 One listing of the scale state keys and transactions reading them (TXN_OPS keys each), one recursive read
-of the blue/green records and of the locks, one read of every health check, one listing of every instance
+of the blue/green records, the wake records and the locks, one read of every health check, one listing of every instance
 per compute (per host of a pool, side by side). A service whose decision needs a change is read again,
 live, under its lock: the snapshot only decides that nothing needs doing.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _names
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _names, _wake
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._control import LEAF as CONTROL
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import service_id
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._release import TERMINAL
@@ -46,6 +46,7 @@ class Reads:
     release: dict | None = None
     locked: bool = False
     control: object = None  # the raw control record (see _control), None without one
+    wake: int = 0  # ModifyIndex of the service's wake record (see _wake), 0 without one
 
 
 class CycleSnapshot:
@@ -58,6 +59,7 @@ class CycleSnapshot:
         self.bluegreen = registry.read_json_tree(BLUEGREEN_PREFIX + "/")
         self.locked = self._locked(lock_prefix.rstrip("/"))
         self.health = registry.health_all()
+        self.wakes = registry.modify_indexes(_wake.PREFIX)
         self.instances = {}
         for driver in {id(d): d for d in drivers.values()}.values():
             for inst in driver.list(None):
@@ -93,4 +95,5 @@ class CycleSnapshot:
             release=release_of(self.bluegreen.get(f"{name}/release")),
             locked=name in self.locked,
             control=self.states.get(self.control_key(name), (None, 0))[0],
+            wake=self.wakes.get(_wake.key(name), 0),
         )

@@ -92,6 +92,10 @@ options:
         that to a number of instances. Scale-in has no bound unless C(max_step) or C(max_step_percent) is
         given. Whatever the policy says, one cycle starts at most 50 instances for one service (restoring
         C(min) included); the next cycles go on.
+      - A service with C(min=0) goes to zero instances only once its checks have wanted none for
+        C(idle_after) seconds (300). At zero, a wake record (C(skynet/wake/NAME) in Consul KV, written by the
+        activator of the load balancer that holds a request for it) newer than the last one answered starts
+        one instance at once, without cooldown and without metrics (Prometheus may be down).
       - Numbers must be finite (no V(.inf) or V(.nan)) and inside those bounds; the task fails naming the field.
       - A check has a C(name), a metric (C(query), PromQL giving one number, or C(value), given by the
         playbook; V(null) is a missing metric), a C(strategy) and C(on_missing) (V(hold) or V(ignore)).

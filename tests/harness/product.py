@@ -4,7 +4,10 @@ The demo and the end-to-end tests scale on the recording rules these give, as us
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
+import tempfile
 
 import requests
 
@@ -13,6 +16,47 @@ from .prometheus_role import render_rules
 from .stack import ROOT, Consul, Engine, Prometheus, Stack
 
 REGISTRATOR = ROOT / "roles" / "registrator" / "files" / "skynet-registrator"
+ACTIVATOR = ROOT / "roles" / "haproxy" / "files" / "skynet-activator"
+WATCHER = ROOT / "roles" / "autoscaler" / "files" / "skynet-watcher"
+COLLECTIONS = ROOT / ".build" / "collections"
+
+
+def activator_dir(stack: Stack) -> str:
+    """A short directory for the activator's sockets (a unix socket's path has at most 107 bytes)."""
+    path = tempfile.mkdtemp(prefix="skynet-act-", dir="/tmp")
+    stack.on_close(lambda: shutil.rmtree(path, ignore_errors=True))
+    return path
+
+
+def start_activator(stack: Stack, consul: Consul, services: list, socket_dir: str, hold: float = 30) -> str:
+    """skynet-activator for the services that scale from zero, as the haproxy role runs it; HOST:PORT of /metrics."""
+    address = f"127.0.0.1:{free_port()}"
+    config = {
+        "consul_url": consul.url,
+        "node": "lb-test",
+        "hold": hold,
+        "socket_dir": socket_dir,
+        "metrics_address": address,
+        "services": {s["name"]: {"mode": s.get("mode") or "http"} for s in services},
+    }
+    path = stack.path("activator", "activator.json")
+    path.write_text(json.dumps(config))
+    argv = [sys.executable, ACTIVATOR, f"--config={path}"]
+    proc = stack.start("activator", argv, env={"PYTHONPATH": str(COLLECTIONS)})
+    proc.wait_ready(lambda: requests.get(f"http://{address}/metrics", timeout=2).ok, timeout=30)
+    return address
+
+
+def start_watcher(stack: Stack, consul: Consul, command: list, services: list, name: str = "watcher") -> str:
+    """skynet-watcher running command ({service} in it) on wakes, alerts and requests; HOST:PORT of its webhook."""
+    address = f"127.0.0.1:{free_port()}"
+    config = {"consul_url": consul.url, "command": command, "services": services, "listen": address}
+    path = stack.path(name, "watcher.json")
+    path.write_text(json.dumps(config))
+    env = {"PYTHONPATH": str(COLLECTIONS), "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS), "ANSIBLE_NOCOLOR": "1"}
+    proc = stack.start(name, [sys.executable, WATCHER, f"--config={path}", "--log-level=debug"], env=env)
+    proc.wait_ready(lambda: requests.get(f"http://{address}/metrics", timeout=2).ok, timeout=30)
+    return address
 
 
 def start_registrator(stack: Stack, engine: Engine, consul: Consul, stats_interval: float = 1.0) -> str:

@@ -497,3 +497,60 @@ def test_a_check_ahead_sends_the_larger_of_now_and_the_forecast():
 def test_a_bad_ahead_is_refused_naming_the_check(raw, message):
     with pytest.raises(SkynetError, match=f"service web: check 1: {message}"):
         parse_check("web", 0, raw)
+
+
+# -- scale to and from zero ------------------------------------------------------------------
+
+
+def test_a_service_that_may_go_to_zero_keeps_one_instance_until_idle_for_idle_after():
+    p = policy(min=0, idle_after=300)
+    d, new = run_state(p, 2, {"rps": 0}, State(busy_at=NOW - 100))
+    assert (d.action, d.desired) == ("scale_in", 1) and "idle for 100s" in d.reason and "idle_after 300s" in d.reason
+    assert new.busy_at == NOW - 100  # idle time keeps counting from the last demand
+    d = run(p, 1, {"rps": 0}, State(busy_at=NOW - 299))
+    assert d.action == "hold"
+    d = run(p, 1, {"rps": 0}, State(busy_at=NOW - 300))
+    assert (d.action, d.desired) == ("scale_in", 0)
+
+
+def test_idle_time_starts_when_the_service_is_first_seen_and_demand_resets_it():
+    p = policy(min=0, idle_after=60)
+    d, new = run_state(p, 1, {"rps": 0}, State())
+    assert d.action == "hold" and new.busy_at == NOW
+    d, new = run_state(p, 1, {"rps": 3}, State(busy_at=NOW - 1000))
+    assert d.action == "hold" and new.busy_at == NOW
+    # a metric that cannot be read holds and never counts as idle
+    d, new = run_state(p, 1, {"rps": Unavailable("down")}, State(busy_at=NOW - 1000))
+    assert d.action == "hold" and new.busy_at == NOW
+
+
+def test_a_new_wake_record_starts_one_instance_at_zero_without_metrics_or_cooldown():
+    p = policy(min=0, cooldown_up=600)
+    state = State(last_scale_up=NOW - 5, woken=7)
+    d, new = run_state(p, 0, {"rps": Unavailable("Prometheus down")}, state)
+    assert d.action == "hold"
+    d, new = decide(p, 0, {"rps": Unavailable("Prometheus down")}, state, NOW, MONDAY_10, wake=9)
+    assert (d.action, d.desired) == ("scale_out", 1) and "woken" in d.reason
+    assert new.woken == 9 and new.busy_at == NOW and new.last_scale_up == NOW
+    # the same record again is answered already
+    d, _ = decide(p, 0, {"rps": 0}, new, NOW + 1, MONDAY_10, wake=9)
+    assert d.action == "hold"
+
+
+def test_a_wake_while_instances_run_is_only_noted_and_metrics_decide_above_one():
+    p = policy(min=0)
+    d, new = decide(p, 2, {"rps": 0}, State(busy_at=NOW - 1000), NOW, MONDAY_10, wake=4)
+    assert d.desired == 1 and new.woken == 4
+    d, _ = decide(p, 0, {"rps": 200}, State(), NOW, MONDAY_10, wake=4)
+    assert d.desired == 4  # the metric, read as a total at zero, wants more than the wake's one
+
+
+def test_idle_after_is_checked():
+    with pytest.raises(SkynetError, match="idle_after"):
+        policy(min=0, idle_after=-1)
+
+
+def test_state_round_trips_busy_and_woken():
+    s = State(1.0, 2.0, [[3.0, 1]], busy_at=4.0, woken=5)
+    assert State.from_dict(json.loads(json.dumps(s.as_dict()))) == s
+    assert State.from_dict({}).busy_at is None

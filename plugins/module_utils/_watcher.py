@@ -1,0 +1,295 @@
+# Copyright: Skynet developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""skynet-watcher: runs the autoscale cycle for one service as soon as something asks for it.
+
+Three sources, each naming a service: a wake record (skynet/wake/<service>, written by an activator,
+seen through a blocking query), an Alertmanager notification (POST /alertmanager: every firing alert
+with a `service` label) and an operator's request (POST /run/<service>). Each triggers the same command
+the timer runs, limited to that service (the autoscale playbook with skynet_autoscale_limit), so the
+Consul lock of the service keeps the watcher, the timer and AWX from acting twice. One run per service
+at a time; triggers that arrive during a run make one more run after it. The timer stays the safety net:
+killing the watcher only slows reactions down to its period. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _wake
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul_http import ConsulHTTP, ConsulHTTPError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import problem, service_name
+
+SOURCES = ("wake", "alert", "operator")
+WAIT = 30  # seconds of one blocking query
+RECENT = 60  # a wake record older than this when the watcher starts is the timer's to answer
+SERVICE = "{service}"
+
+log = logging.getLogger("skynet-watcher")
+
+
+# -- pure: what a source says ------------------------------------------------------------------
+
+
+def new_wakes(entries, seen):
+    """(services whose wake record is newer than seen, the indexes now) from {key: (value, ModifyIndex)}."""
+    services, now_seen = [], dict(seen)
+    for key, (_value, index) in sorted(entries.items()):
+        name = _wake.service_of(key)
+        if name and index > seen.get(key, 0):
+            services.append(name)
+        now_seen[key] = index
+    return services, now_seen
+
+
+def recent_wakes(entries, now, recent=RECENT):
+    """Services with a wake record written in the last `recent` seconds (those left when the watcher starts)."""
+    out = []
+    for key, (value, _index) in sorted(entries.items()):
+        name = _wake.service_of(key)
+        at = value.get("at") if isinstance(value, dict) else None
+        if name and isinstance(at, (int, float)) and now - at < recent:
+            out.append(name)
+    return out
+
+
+def alerted_services(payload):
+    """Services of the firing alerts of an Alertmanager webhook payload (its `service` label)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
+        raise SkynetError("an Alertmanager notification is a JSON object with a list of alerts")
+    found = []
+    for alert in payload["alerts"]:
+        labels = alert.get("labels") if isinstance(alert, dict) else None
+        name = labels.get("service") if isinstance(labels, dict) else None
+        if alert.get("status", "firing") == "firing" and isinstance(name, str) and name not in found:
+            found.append(name)
+    return found
+
+
+def command_for(template, service):
+    """The argv of the cycle for service: every {service} in the template's words replaced."""
+    return [word.replace(SERVICE, service) for word in template]
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+class Runner:
+    """One run per service at a time, at most `parallel` at once; triggers during a run coalesce into one more."""
+
+    def __init__(self, template, services=None, parallel=4, run=None, clock=time.monotonic):
+        self.template, self.services = list(template), set(services or ())
+        self.run = run or _run_command
+        self.clock = clock
+        self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="cycle")
+        self.lock = threading.Lock()
+        self.running, self.again = set(), set()
+        self.counts = {"triggers": {}, "runs": {"ok": 0, "failed": 0}, "ignored": 0}
+        self.last_seconds = {}
+
+    def trigger(self, service, source):
+        """Asks for a cycle of service; False (and nothing run) for a name that is not a service watched."""
+        if problem(service_name, service, "service") or (self.services and service not in self.services):
+            with self.lock:
+                self.counts["ignored"] += 1
+            log.warning("%s asked for %r, which is not a service this watcher runs", source, service)
+            return False
+        with self.lock:
+            self.counts["triggers"][source] = self.counts["triggers"].get(source, 0) + 1
+            if service in self.running:
+                self.again.add(service)
+                return True
+            self.running.add(service)
+        log.info("%s: cycle asked for by %s", service, source)
+        self.pool.submit(self._cycle, service)
+        return True
+
+    def _cycle(self, service):
+        while True:
+            start = self.clock()
+            try:
+                ok = self.run(command_for(self.template, service))
+            except Exception:  # a runner that fails must not stop the service's future runs
+                log.exception("%s: the cycle could not be run", service)
+                ok = False
+            took = self.clock() - start
+            log.info("%s: cycle %s in %.1fs", service, "done" if ok else "failed", took)
+            with self.lock:
+                self.counts["runs"]["ok" if ok else "failed"] += 1
+                self.last_seconds[service] = took
+                if service not in self.again:
+                    self.running.discard(service)
+                    return
+                self.again.discard(service)
+
+    def metrics_text(self):
+        with self.lock:
+            triggers = self.counts["triggers"]
+            lines = [
+                "# HELP skynet_watcher_triggers_total Cycles asked for, by source.",
+                "# TYPE skynet_watcher_triggers_total counter",
+                *(f'skynet_watcher_triggers_total{{source="{s}"}} {triggers.get(s, 0)}' for s in SOURCES),
+                "# HELP skynet_watcher_runs_total Cycles run, by result.",
+                "# TYPE skynet_watcher_runs_total counter",
+                *(f'skynet_watcher_runs_total{{result="{r}"}} {n}' for r, n in sorted(self.counts["runs"].items())),
+                "# HELP skynet_watcher_ignored_total Requests naming no service this watcher runs.",
+                "# TYPE skynet_watcher_ignored_total counter",
+                f"skynet_watcher_ignored_total {self.counts['ignored']}",
+                "# HELP skynet_watcher_running Cycles running now.",
+                "# TYPE skynet_watcher_running gauge",
+                f"skynet_watcher_running {len(self.running)}",
+            ]
+        return "\n".join(lines) + "\n"
+
+    def close(self):
+        self.pool.shutdown(wait=True)
+
+
+def _run_command(argv):
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        log.warning("%s failed (rc %d): %s", argv[0], done.returncode, (done.stdout + done.stderr)[-2000:])
+    return done.returncode == 0
+
+
+# -- sources -------------------------------------------------------------------------------------
+
+
+def watch_wakes(consul, runner, stop, clock=time.time):
+    """Triggers a cycle for every new wake record until stop is set."""
+    index, seen, first = 0, {}, True
+    while not stop.is_set():
+        try:
+            entries, new_index = consul.kv_tree(_wake.PREFIX, index, wait=None if first else WAIT)
+        except ConsulHTTPError as e:
+            log.warning("cannot read the wake records: %s", e)
+            stop.wait(1)
+            continue
+        index = new_index if new_index > index else 0
+        if first:
+            services, seen = recent_wakes(entries, clock()), {k: i for k, (_v, i) in entries.items()}
+            first = False
+        else:
+            services, seen = new_wakes(entries, seen)
+        for service in services:
+            runner.trigger(service, "wake")
+
+
+def _handler(runner):
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, status, text):
+            body = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; version=0.0.4" if status == 200 else "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path.split("?")[0] == "/metrics":
+                self._answer(200, runner.metrics_text())
+            else:
+                self._answer(404, "POST /alertmanager or /run/SERVICE; GET /metrics\n")
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(min(length, 1 << 20))
+            if self.path == "/alertmanager":
+                try:
+                    services = alerted_services(json.loads(body or b"null"))
+                except (ValueError, SkynetError) as e:
+                    self._answer(400, f"{e}\n")
+                    return
+                taken = [s for s in services if runner.trigger(s, "alert")]
+                self._answer(200, f"cycles asked for: {', '.join(taken) or 'none'}\n")
+            elif self.path.startswith("/run/"):
+                name = self.path[len("/run/") :]
+                if runner.trigger(name, "operator"):
+                    self._answer(202, f"a cycle of {name} is asked for\n")
+                else:
+                    self._answer(404, f"{name!r} is not a service this watcher runs\n")
+            else:
+                self._answer(404, "POST /alertmanager or /run/SERVICE\n")
+
+        def log_message(self, fmt, *args):
+            log.debug("webhook: " + fmt, *args)
+
+    return Handler
+
+
+def load(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SkynetError(f"cannot read the watcher's configuration {path}: {e}") from e
+    errors = []
+    if not isinstance(raw, dict):
+        raise SkynetError("the watcher's configuration must be a JSON object")
+    command = raw.get("command")
+    if not isinstance(command, list) or not command or not all(isinstance(w, str) for w in command):
+        errors.append("command must be a list of words, {service} standing for the service")
+    elif not any(SERVICE in w for w in command):
+        errors.append("command never says {service}: every run would be the whole cycle")
+    if not isinstance(raw.get("consul_url"), str):
+        errors.append("consul_url is missing")
+    services = raw.get("services") or []
+    if not isinstance(services, list) or any(problem(service_name, s, "services") for s in services):
+        errors.append("services must be a list of service names")
+    if errors:
+        raise SkynetError("invalid watcher configuration: " + "; ".join(errors))
+    token = None
+    if raw.get("token_file"):
+        try:
+            with open(raw["token_file"], encoding="utf-8") as f:
+                token = f.read().strip() or None
+        except OSError as e:
+            raise SkynetError(f"cannot read the Consul token file {raw['token_file']}: {e}") from e
+    return raw, token
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="skynet-watcher", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="the JSON configuration (the autoscaler role renders it)")
+    parser.add_argument("--check", action="store_true", help="check the configuration and exit")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        config, token = load(args.config)
+        consul = ConsulHTTP(config["consul_url"], token=token, ca_file=config.get("ca_cert") or None)
+    except (SkynetError, ConsulHTTPError) as e:
+        log.error("%s", e)
+        return 2
+    if args.check:
+        print(f"{args.config}: watching {', '.join(config.get('services') or ['every service'])}")
+        return 0
+    runner = Runner(config["command"], config.get("services"), int(config.get("parallel") or 4))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = None
+    if config.get("listen"):
+        host, _, port = config["listen"].rpartition(":")
+        server = ThreadingHTTPServer((host.strip("[]"), int(port)), _handler(runner))
+        threading.Thread(target=server.serve_forever, daemon=True, name="webhook").start()
+    wakes = threading.Thread(target=watch_wakes, args=(consul, runner, stop), daemon=True, name="wakes")
+    wakes.start()
+    log.info("watching wake records%s", f", webhook on {config['listen']}" if server else "")
+    while not stop.wait(1):
+        pass
+    if server:
+        with contextlib.suppress(OSError):
+            server.shutdown()
+    runner.close()
+    return 0

@@ -1,0 +1,186 @@
+"""Scale from zero: HAProxy on the rendered config hands requests for a service with no instance to the
+activator, which holds them and records a wake; the watcher runs the autoscale playbook for that service;
+the held requests are answered by the new instance. Real Consul, HAProxy, Prometheus and Podman."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from harness.ansible import ROOT, run_playbook
+from harness.proc import free_port, wait_for
+from harness.product import activator_dir, start_activator, start_prometheus, start_watcher
+from harness.services import remove_service, service_containers
+
+
+def _definition(name, image, mode="http"):
+    http = mode == "http"
+    return {
+        "name": name,
+        "image": image,
+        "port": 8080,
+        "lb_port": free_port(),
+        "mode": mode,
+        **({} if http else {"env": {"MODE": "echo"}}),
+        "health": {"path": "/health", "interval": "1s"} if http else {"type": "tcp", "interval": "1s"},
+        "scaling": {
+            "min": 0,
+            "max": 3,
+            "idle_after": 12,
+            "cooldown_up": 0,
+            "cooldown_down": 0,
+            "stabilization_window": 0,
+            "checks": [
+                {
+                    "name": "demand",
+                    "query": f'service:skynet_http_requests:rate{{service="{name}"}}'
+                    if http
+                    else f'sum(haproxy_frontend_current_sessions{{proxy="{name}"}})',
+                    "aggregate": "total",
+                    "target": 50 if http else 20,
+                    "on_missing": "ignore",
+                }
+            ],
+        },
+    }
+
+
+@pytest.fixture
+def at_zero(stack, consul, engine, docker_client, sample_image, unique):
+    """An HTTP and a TCP (echo) service at min 0 behind HAProxy with the activator, Prometheus scraping
+    HAProxy, and the watcher running the autoscale playbook for a service on its wake."""
+    web = _definition(unique("web"), sample_image["1"])
+    echo = _definition(unique("echo"), sample_image["1"], mode="tcp")
+    services = [web, echo]
+    sockets = activator_dir(stack)
+    haproxy = stack.rendered_haproxy(services, consul, activator={"socket_dir": sockets, "hold": 30})
+    prometheus = start_prometheus(stack, services, {"haproxy": [f"127.0.0.1:{haproxy.stats_port}"]})
+    metrics = start_activator(stack, consul, services, sockets)
+    variables = {
+        "skynet_services": services,
+        "skynet_consul_url": consul.url,
+        "skynet_prometheus_url": prometheus.url,
+        "skynet_docker_host": engine.docker_host,
+        "skynet_autoscale_drain_period": 1,
+        "ansible_python_interpreter": sys.executable,
+    }
+    vars_file = stack.path("autoscale-vars.json")
+    vars_file.write_text(json.dumps(variables))
+    command = [
+        str(ROOT / ".venv" / "bin" / "ansible-playbook"),
+        "-i",
+        "localhost,",
+        str(ROOT / "playbooks" / "autoscale.yml"),
+        "-e",
+        f"@{vars_file}",
+        "-e",
+        json.dumps({"skynet_autoscale_limit": ["{service}"], "skynet_autoscale_lock_wait": 20}),
+    ]
+    webhook = start_watcher(stack, consul, command, [web["name"], echo["name"]])
+    common = {"docker_host": engine.docker_host, "consul_url": consul.url}
+    yield {
+        "web": web,
+        "echo": echo,
+        "variables": variables,
+        "stack": stack,
+        "metrics": metrics,
+        "webhook": webhook,
+        "prometheus": prometheus,
+    }
+    for s in services:
+        remove_service(common, consul, s["name"])
+        consul.api("DELETE", f"kv/skynet/wake/{s['name']}")
+
+
+def _activator_metric(address, name, service):
+    text = requests.get(f"http://{address}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{service="{service}"') and not line.startswith("#"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _cycle(at_zero):
+    done = run_playbook("autoscale", at_zero["variables"], at_zero["stack"].workdir, json_output=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    tasks = {t["task"]["name"]: t["hosts"]["localhost"] for t in json.loads(done.stdout)["plays"][0]["tasks"]}
+    return {d["service"]: d for d in tasks["Decide and apply every scaling policy"]["decisions"]}
+
+
+def test_a_burst_at_zero_is_answered_by_the_instance_it_wakes_and_the_service_idles_back_to_zero(
+    at_zero, docker_client, consul
+):
+    web = at_zero["web"]
+    url = f"http://127.0.0.1:{web['lb_port']}/"
+    assert service_containers(docker_client, web["name"]) == []
+
+    def get(n):
+        time.sleep(n * 0.02)  # a burst spread over the first few seconds, not one instant
+        sent = time.monotonic()
+        try:
+            r = requests.get(url, timeout=40)
+            return r.status_code, r.text, time.monotonic() - sent
+        except requests.RequestException as e:
+            return None, str(e), time.monotonic() - sent
+
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        answers = list(pool.map(get, range(200)))
+    statuses = [status for status, _text, _took in answers]
+    assert statuses == [200] * 200, [a for a in answers if a[0] != 200][:5]
+    assert all(f"{web['name']} instance=" in text for _s, text, _took in answers)
+    cold_start = max(took for _s, _text, took in answers)
+    print(f"cold start from zero (HTTP): the slowest of 200 requests took {cold_start:.2f}s")
+    assert len(service_containers(docker_client, web["name"])) == 1, "one wake, one instance"
+    assert _activator_metric(at_zero["metrics"], "skynet_activator_timed_out_total", web["name"]) == 0
+    assert _activator_metric(at_zero["metrics"], "skynet_activator_forwarded_total", web["name"]) >= 1
+    wake = consul.api("GET", f"kv/skynet/wake/{web['name']}", params={"raw": "1"})
+    assert wake["by"] == "lb-test" and wake["color"] == "blue"
+
+    # Later requests go through HAProxy to the instance, not through the activator.
+    held = _activator_metric(at_zero["metrics"], "skynet_activator_held_total", web["name"])
+    wait_for(lambda: requests.get(url, timeout=5).ok, 10, "the instance through HAProxy")
+    time.sleep(3)  # HAProxy's DNS and health check have seen the instance by now
+    for _ in range(20):
+        assert requests.get(url, timeout=5).status_code == 200
+    assert _activator_metric(at_zero["metrics"], "skynet_activator_held_total", web["name"]) == held
+
+    # No requests: the rate falls to 0, and after idle_after (12 s) a cycle takes the last instance away.
+    deadline, decisions = time.monotonic() + 90, []
+    while time.monotonic() < deadline:
+        decision = _cycle(at_zero)[web["name"]]
+        decisions.append((decision["current"], decision["desired"], decision["reason"]))
+        if decision["action"] == "scale_in" and decision["desired"] == 0:
+            break
+        time.sleep(2)
+    assert decisions[-1][1] == 0, decisions
+    assert any("idle for" in reason for _c, _d, reason in decisions), decisions
+    wait_for(lambda: not service_containers(docker_client, web["name"]), 30, "the last instance removed")
+
+
+def test_tcp_connections_at_zero_are_held_then_echoed(at_zero, docker_client):
+    echo = at_zero["echo"]
+
+    def exchange(n):
+        sent = time.monotonic()
+        with socket.create_connection(("127.0.0.1", echo["lb_port"]), timeout=40) as conn:
+            message = f"hello {n}\n".encode()
+            conn.sendall(message)
+            got = b""
+            while len(got) < len(message):
+                chunk = conn.recv(1024)
+                if not chunk:
+                    break
+                got += chunk
+        return got.decode(), time.monotonic() - sent
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(exchange, range(20)))
+    assert [text for text, _took in answers] == [f"hello {n}\n" for n in range(20)]
+    print(f"cold start from zero (TCP): the slowest of 20 connections took {max(t for _x, t in answers):.2f}s")
+    assert len(service_containers(docker_client, echo["name"])) == 1
