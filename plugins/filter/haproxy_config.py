@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 from ansible.utils.display import Display
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._activator import config_for
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._haproxy_config import parse_map, render, render_map
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._haproxy_live import consul_live, live_plan
@@ -18,6 +19,13 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._haproxy_live imp
 def haproxy_config(services, **kwargs):
     try:
         return render(services, **kwargs)
+    except SkynetError as e:
+        raise AnsibleFilterError(str(e)) from e
+
+
+def haproxy_activator_config(services, **settings):
+    try:
+        return config_for(services, **settings)
     except SkynetError as e:
         raise AnsibleFilterError(str(e)) from e
 
@@ -54,6 +62,7 @@ class FilterModule:
     def filters(self):
         return {
             "haproxy_config": haproxy_config,
+            "haproxy_activator_config": haproxy_activator_config,
             "haproxy_map": haproxy_map,
             "haproxy_live_colors": haproxy_live_colors,
             "haproxy_consul_live": haproxy_consul_live,

@@ -24,6 +24,19 @@ HOLD_BUCKETS = (0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60)
 REASON_HEADER = "X-Skynet-Activator"
 
 
+def scales_from_zero(definition):
+    """Whether a service definition may go to zero instances (scaling.min 0): the activator then holds its
+    requests while it has none."""
+    scaling = definition.get("scaling") if isinstance(definition, dict) else None
+    return isinstance(scaling, dict) and scaling.get("min", 1) == 0
+
+
+def config_for(services, **settings):
+    """The activator's configuration for the service definitions (those that scale from zero), checked."""
+    held = {s["name"]: {"mode": s.get("mode") or "http"} for s in services or () if scales_from_zero(s)}
+    return parse_config({**settings, "services": held})
+
+
 def socket_path(directory, service, color):
     return f"{str(directory).rstrip('/')}/{service}_{color}.sock"
 

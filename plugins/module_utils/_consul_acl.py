@@ -46,7 +46,12 @@ def rules(component, node, services=(), prefixes=()):
         "agent": (f'node "{node}" {{ policy = "write" }}', 'service_prefix "" { policy = "read" }'),
         "dns": (*_READ_CATALOG, 'query_prefix "" { policy = "read" }'),
         "registrator": (*_READ_CATALOG, *write),
-        "haproxy": (*_READ_CATALOG, 'key_prefix "skynet/bluegreen/" { policy = "read" }'),
+        "haproxy": (
+            *_READ_CATALOG,
+            'key_prefix "skynet/bluegreen/" { policy = "read" }',
+            # The activator records wakes of services at zero.
+            'key_prefix "skynet/wake/" { policy = "write" }',
+        ),
         "prometheus": (*_READ_CATALOG, 'agent_prefix "" { policy = "read" }'),
         "autoscaler": (
             *_READ_CATALOG,

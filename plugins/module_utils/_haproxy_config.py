@@ -209,13 +209,6 @@ def _frontend(name, bind, s, map_file, fallback, timeout_client, logging):
     return _lines(f"frontend {name}", body)
 
 
-def scales_from_zero(s):
-    """Whether a service definition may go to zero instances (scaling.min 0): the activator then holds its
-    requests while it has none."""
-    scaling = s.get("scaling")
-    return isinstance(scaling, dict) and scaling.get("min", 1) == 0
-
-
 def _backend(s, color, timeouts, init_addr, activator):
     name, mode = s["name"], s.get("mode") or "http"
     health = s.get("health") or {}
@@ -229,7 +222,11 @@ def _backend(s, color, timeouts, init_addr, activator):
         body.append("balance leastconn")
     body += ["option redispatch", "retries 3"]
     if mode == "http":
-        body.append("retry-on all-retryable-errors")
+        if activator:
+            # all-retryable-errors but 503: the activator's 503 (no instance came within the hold) is final.
+            body.append("retry-on conn-failure empty-response junk-response response-timeout 0rtt-rejected 500 502 504")
+        else:
+            body.append("retry-on all-retryable-errors")
     body += [f"timeout connect {timeouts['connect']}", f"timeout server {timeouts['server']}"]
     body.append(
         f"server-template {name}_{color} {slots} _{name}._{color}.service.consul resolvers consul "
@@ -244,7 +241,7 @@ def _backend(s, color, timeouts, init_addr, activator):
 def _service(s, color, map_dir, logging, init_addr, activator):
     name, mode = s["name"], s.get("mode") or "http"
     timeouts = {**TIMEOUTS[mode], **{k: _duration(v) for k, v in (s.get("timeouts") or {}).items()}}
-    activator = activator if activator and scales_from_zero(s) else None
+    activator = activator if activator and _activator.scales_from_zero(s) else None
     if activator:
         longest = _seconds(activator["hold"] + _activator.SERVER_TIMEOUT_MARGIN)
         if _seconds_of(timeouts["server"]) < _seconds_of(longest):

@@ -5,18 +5,23 @@ the held requests are answered by the new instance. Real Consul, HAProxy, Promet
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from harness.ansible import ROOT, run_playbook
+from harness.ansible import ROOT, run_module, run_playbook
 from harness.proc import free_port, wait_for
 from harness.product import activator_dir, start_activator, start_prometheus, start_watcher
 from harness.services import remove_service, service_containers
+
+HOLD = 20  # seconds the activator holds a request: a cold start takes about 5
 
 
 def _definition(name, image, mode="http"):
@@ -59,9 +64,9 @@ def at_zero(stack, consul, engine, docker_client, sample_image, unique):
     echo = _definition(unique("echo"), sample_image["1"], mode="tcp")
     services = [web, echo]
     sockets = activator_dir(stack)
-    haproxy = stack.rendered_haproxy(services, consul, activator={"socket_dir": sockets, "hold": 30})
+    haproxy = stack.rendered_haproxy(services, consul, activator={"socket_dir": sockets, "hold": HOLD})
     prometheus = start_prometheus(stack, services, {"haproxy": [f"127.0.0.1:{haproxy.stats_port}"]})
-    metrics = start_activator(stack, consul, services, sockets)
+    metrics = start_activator(stack, consul, services, sockets, hold=HOLD)
     variables = {
         "skynet_services": services,
         "skynet_consul_url": consul.url,
@@ -83,6 +88,7 @@ def at_zero(stack, consul, engine, docker_client, sample_image, unique):
         json.dumps({"skynet_autoscale_limit": ["{service}"], "skynet_autoscale_lock_wait": 20}),
     ]
     webhook = start_watcher(stack, consul, command, [web["name"], echo["name"]])
+    watcher = stack.processes[-1]
     common = {"docker_host": engine.docker_host, "consul_url": consul.url}
     yield {
         "web": web,
@@ -91,7 +97,9 @@ def at_zero(stack, consul, engine, docker_client, sample_image, unique):
         "stack": stack,
         "metrics": metrics,
         "webhook": webhook,
+        "watcher": watcher,
         "prometheus": prometheus,
+        "common": common,
     }
     for s in services:
         remove_service(common, consul, s["name"])
@@ -184,3 +192,108 @@ def test_tcp_connections_at_zero_are_held_then_echoed(at_zero, docker_client):
     assert [text for text, _took in answers] == [f"hello {n}\n" for n in range(20)]
     print(f"cold start from zero (TCP): the slowest of 20 connections took {max(t for _x, t in answers):.2f}s")
     assert len(service_containers(docker_client, echo["name"])) == 1
+
+
+def _held_get(url, timeout=HOLD + 15):
+    sent = time.monotonic()
+    r = requests.get(url, timeout=timeout)
+    return r, time.monotonic() - sent
+
+
+def test_prometheus_down_at_zero_a_request_still_wakes_the_service(at_zero, docker_client):
+    web = at_zero["web"]
+    at_zero["prometheus"].process.stop()
+    r, took = _held_get(f"http://127.0.0.1:{web['lb_port']}/")
+    assert r.status_code == 200 and f"{web['name']} instance=" in r.text, (r.status_code, r.headers, r.text)
+    print(f"cold start from zero with Prometheus down: {took:.2f}s")
+    assert len(service_containers(docker_client, web["name"])) == 1
+
+
+def test_watcher_and_timer_together_act_once_and_the_timer_alone_still_wakes(at_zero, docker_client, consul):
+    web = at_zero["web"]
+    url = f"http://127.0.0.1:{web['lb_port']}/"
+    # Timer cycles back to back while a request wakes the service through the watcher.
+    stop, cycles = threading.Event(), []
+
+    def timer():
+        while not stop.is_set():
+            cycles.append(_cycle(at_zero))
+
+    ticking = threading.Thread(target=timer)
+    ticking.start()
+    try:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            answers = list(pool.map(lambda _n: _held_get(url)[0].status_code, range(10)))
+        time.sleep(2)
+    finally:
+        stop.set()
+        ticking.join()
+    assert answers == [200] * 10
+    assert len(service_containers(docker_client, web["name"])) == 1, "the watcher and the timer acted once"
+    history = consul.api("GET", f"kv/skynet/scale/{web['name']}/history", params={"raw": "1"})
+    assert [h["action"] for h in history if h["action"] != "hold"] == ["scale_out"], history
+    assert cycles, "timer cycles ran while the watcher answered the wake"
+
+    # Without the watcher, the wake waits for the timer: its next cycle answers it.
+    os.killpg(at_zero["watcher"].popen.pid, signal.SIGKILL)
+    remove_service(at_zero["common"], consul, web["name"])
+    consul.api("DELETE", f"kv/skynet/wake/{web['name']}")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_held_get, url)
+        wait_for(lambda: consul.api("GET", f"kv/skynet/wake/{web['name']}"), 10, "a new wake record")
+        decision = _cycle(at_zero)[web["name"]]
+        r, _took = pending.result()
+    assert decision["action"] == "scale_out" and "woken" in decision["reason"], decision
+    assert r.status_code == 200
+
+
+def test_a_paused_service_is_not_woken_and_the_request_gets_the_reason(at_zero, docker_client):
+    web = at_zero["web"]
+    paused = run_module(
+        "cyberdyne.skynet.skynet_control",
+        {
+            "consul_url": at_zero["common"]["consul_url"],
+            "name": web["name"],
+            "state": "paused",
+            "reason": "test",
+            "by": "pytest",
+        },
+    )
+    assert paused["changed"], paused
+    r, took = _held_get(f"http://127.0.0.1:{web['lb_port']}/")
+    assert r.status_code == 503 and took >= HOLD - 1
+    assert "no instance of" in r.headers["X-Skynet-Activator"]
+    assert service_containers(docker_client, web["name"]) == []
+    decision = _cycle(at_zero)[web["name"]]
+    assert decision["action"] == "hold" and "paused by pytest" in decision["reason"], decision
+
+
+def test_an_alertmanager_notification_or_an_operator_runs_the_cycle_of_the_service(at_zero, consul):
+    web = at_zero["web"]
+    webhook = f"http://{at_zero['webhook']}"
+    notification = {
+        "version": "4",
+        "status": "firing",
+        "receiver": "skynet-watcher",
+        "alerts": [
+            {"status": "firing", "labels": {"alertname": "SkynetDemand", "service": web["name"]}},
+            {"status": "resolved", "labels": {"alertname": "SkynetDemand", "service": at_zero["echo"]["name"]}},
+        ],
+    }
+    r = requests.post(f"{webhook}/alertmanager", json=notification, timeout=5)
+    assert r.status_code == 200 and web["name"] in r.text and at_zero["echo"]["name"] not in r.text
+    wait_for(
+        lambda: consul.api("GET", f"kv/skynet/scale/{web['name']}/last", params={"raw": "1"}), 30, "the alert's cycle"
+    )
+    r = requests.post(f"{webhook}/run/{at_zero['echo']['name']}", timeout=5)
+    assert r.status_code == 202
+    wait_for(
+        lambda: consul.api("GET", f"kv/skynet/scale/{at_zero['echo']['name']}/last", params={"raw": "1"}),
+        30,
+        "the operator's cycle",
+    )
+    assert requests.post(f"{webhook}/run/not-ours", timeout=5).status_code == 404
+    assert requests.post(f"{webhook}/alertmanager", data=b"{", timeout=5).status_code == 400
+    metrics = requests.get(f"{webhook}/metrics", timeout=5).text
+    assert 'skynet_watcher_triggers_total{source="alert"} 1' in metrics
+    assert 'skynet_watcher_triggers_total{source="operator"} 1' in metrics

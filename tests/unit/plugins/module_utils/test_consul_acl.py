@@ -51,7 +51,11 @@ def test_each_component_gets_only_what_it_needs():
     assert of("agent") == 'node "lb-1" { policy = "write" }\nservice_prefix "" { policy = "read" }\n'
     assert "key_prefix" not in of("registrator") and 'service "web" { policy = "write" }' in of("registrator")
     assert 'service_prefix "batch-" { policy = "write" }' in of("registrator")
-    assert "write" not in of("haproxy") and 'key_prefix "skynet/bluegreen/" { policy = "read" }' in of("haproxy")
+    haproxy = of("haproxy")
+    assert 'key_prefix "skynet/bluegreen/" { policy = "read" }' in haproxy
+    # the activator's wakes are the only thing a load balancer writes
+    writes = [line for line in haproxy.splitlines() if "write" in line]
+    assert writes == ['key_prefix "skynet/wake/" { policy = "write" }']
     assert "write" not in of("prometheus") and "write" not in of("dns")
     assert 'agent_prefix "" { policy = "read" }' in of("prometheus")
     scaler = of("autoscaler")
