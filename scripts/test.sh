@@ -57,7 +57,7 @@ step_leftovers() {
   # whatever later listens on that loopback port. Nor a bridge or veth of the multi-host stack
   # (tests/harness/multihost.py names them skyb-*).
   local dirs procs ctrs netns links
-  dirs=$(find "$TMPDIR" -maxdepth 1 -name 'skynet-stack-*' 2>/dev/null)
+  dirs=$( (find "$TMPDIR" -maxdepth 1 \( -name 'skynet-stack-*' -o -name 'skynet-act-*' \); find /tmp -maxdepth 1 -name 'skynet-act-*') 2>/dev/null)
   procs=$(pgrep -af "$TMPDIR/skynet-stack-" | grep -v pgrep)
   ctrs=$(comm -13 <(echo "$molecule_before" | sort) <(podman ps -aq --filter label=owner=molecule 2>/dev/null | sort))
   netns=$(comm -13 <(echo "$netns_before" | sort) <(netns_list | sort))

@@ -152,5 +152,5 @@ class Metrics:
                 lines.append(f'skynet_activator_hold_seconds_bucket{{service="{s}",le="{bound:g}"}} {n}')
             lines.append(f'skynet_activator_hold_seconds_bucket{{service="{s}",le="+Inf"}} {counts[-2]}')
             lines.append(f'skynet_activator_hold_seconds_count{{service="{s}"}} {counts[-2]}')
-            lines.append(f'skynet_activator_hold_seconds_sum{{service="{s}"}} {counts[-1]:g}')
+            lines.append(f'skynet_activator_hold_seconds_sum{{service="{s}"}} {counts[-1]!r}')
         return "\n".join(lines) + "\n"

@@ -32,6 +32,9 @@ REWAKE = 5.0  # seconds between two wake records of a service while requests are
 WATCH_WAIT = 5  # seconds of one blocking query (the cadence of rewakes)
 CONNECT_TIMEOUT = 2.0
 RETRY = 0.5
+# Held connections forwarded at once to a service's new instances, the oldest first: a cold instance is not
+# flooded by every held connection at the same moment, and the first request is the first answered.
+FORWARDING = 16
 
 log = logging.getLogger("skynet-activator")
 
@@ -43,6 +46,7 @@ class Waiter:
         self.activator, self.service, self.color = activator, service, color
         self.instances, self.ready, self.waiting, self.task = [], asyncio.Event(), 0, None
         self.turn = itertools.count()
+        self.forwarding = asyncio.Semaphore(FORWARDING)  # FIFO: waiters acquire it in the order they came
 
     def join(self):
         self.waiting += 1
@@ -81,7 +85,8 @@ class Waiter:
                 self.ready.set()
             else:
                 self.ready.clear()
-                self.activator.wake(self.service, self.color)
+                if self.waiting > 0:
+                    self.activator.wake(self.service, self.color)
 
 
 class Activator:
@@ -89,6 +94,7 @@ class Activator:
         self.config, self.consul, self.clock = config, consul, clock
         self.metrics = _activator.Metrics()
         self.waiters, self.woke, self.writes = {}, {}, set()
+        self.since = {}  # service -> when its oldest request still held came
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="consul")
         self.servers = []
 
@@ -104,12 +110,12 @@ class Activator:
             return
         self.woke[service] = now
         held = self.metrics.holding.get(service, 0)
-        task = asyncio.ensure_future(self._write_wake(service, color, held))
+        task = asyncio.ensure_future(self._write_wake(service, color, held, self.since.get(service)))
         self.writes.add(task)  # the loop keeps only weak references to its tasks
         task.add_done_callback(self.writes.discard)
 
-    async def _write_wake(self, service, color, held):
-        value = _wake.record(self.config["node"], time.time(), color, held)
+    async def _write_wake(self, service, color, held, since):
+        value = _wake.record(self.config["node"], time.time(), color, held, since)
         try:
             await self.blocking(self.consul.put_kv, _wake.key(service), value)
             self.metrics.add("wakes_total", service)
@@ -124,6 +130,8 @@ class Activator:
     async def handle(self, service, color, mode, reader, writer):
         m, start = self.metrics, self.clock()
         m.add("held_total", service)
+        if not m.holding.get(service):
+            self.since[service] = time.time()
         m.hold(service, 1)
         waiter = self.waiters.setdefault((service, color), Waiter(self, service, color))
         waiter.join()
@@ -149,11 +157,13 @@ class Activator:
     async def _instance(self, waiter, deadline):
         """(reader, writer) of a connection to a passing instance, None when none came before deadline."""
         while True:
-            for host, port in waiter.next():
-                try:
-                    return await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
-                except (OSError, asyncio.TimeoutError) as e:
-                    log.info("%s: %s:%s refused the connection: %s", waiter.service, host, port, e)
+            if waiter.instances:
+                async with waiter.forwarding:
+                    for host, port in waiter.next():
+                        try:
+                            return await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
+                        except (OSError, asyncio.TimeoutError) as e:
+                            log.info("%s: %s:%s refused the connection: %s", waiter.service, host, port, e)
             remaining = deadline - self.clock()
             if remaining <= 0:
                 return None

@@ -20,10 +20,14 @@ class ConsulHTTPError(Exception):
 class ConsulHTTP:
     def __init__(self, url, token=None, ca_file=None, timeout=10.0):
         parts = urllib.parse.urlsplit(url or "")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            port = parts.port
+        except ValueError:  # not a number, or out of range
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
             raise ConsulHTTPError(f"the Consul URL must be http(s)://HOST[:PORT], got {url!r}")
         self.url = url.rstrip("/")
-        self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
+        self.scheme, self.host, self.port = parts.scheme, parts.hostname, port
         self.token, self.timeout = token, timeout
         self.context = ssl.create_default_context(cafile=ca_file) if self.scheme == "https" else None
 

@@ -28,11 +28,19 @@ def service_of(kv_key):
     return name if head == PREFIX and name else None
 
 
-def record(by, now, color, held=1):
-    """The value of a wake record: who held a request (the load balancer's node), when, for which color."""
-    if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
-        raise SkynetError(f"a wake time must be a finite number, not {now!r}")
-    return {"by": str(by), "at": float(now), "color": str(color), "held": int(held)}
+def record(by, now, color, held=1, since=None):
+    """The value of a wake record: who holds requests (the load balancer's node), how many, for which color,
+    when it was written (at) and since when they are held (since: the oldest still held)."""
+    for value in (now, now if since is None else since):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SkynetError(f"a wake time must be a finite number, not {value!r}")
+    return {
+        "by": str(by),
+        "at": float(now),
+        "since": float(now if since is None else since),
+        "color": str(color),
+        "held": int(held),
+    }
 
 
 def pending(index, answered):

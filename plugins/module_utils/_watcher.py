@@ -69,7 +69,9 @@ def alerted_services(payload):
         raise SkynetError("an Alertmanager notification is a JSON object with a list of alerts")
     found = []
     for alert in payload["alerts"]:
-        labels = alert.get("labels") if isinstance(alert, dict) else None
+        if not isinstance(alert, dict):
+            continue
+        labels = alert.get("labels")
         name = labels.get("service") if isinstance(labels, dict) else None
         if alert.get("status", "firing") == "firing" and isinstance(name, str) and name not in found:
             found.append(name)

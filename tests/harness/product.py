@@ -8,6 +8,7 @@ import json
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import requests
 
@@ -22,8 +23,10 @@ COLLECTIONS = ROOT / ".build" / "collections"
 
 
 def activator_dir(stack: Stack) -> str:
-    """A short directory for the activator's sockets (a unix socket's path has at most 107 bytes)."""
-    path = tempfile.mkdtemp(prefix="skynet-act-", dir="/tmp")
+    """A short directory for the activator's sockets (a unix socket's path has at most 107 bytes): under
+    $TMPDIR when its path leaves room for the longest socket name (40 bytes), else under /tmp."""
+    base = tempfile.gettempdir()
+    path = tempfile.mkdtemp(prefix="skynet-act-", dir=base if len(base) + 60 < 107 else "/tmp")
     stack.on_close(lambda: shutil.rmtree(path, ignore_errors=True))
     return path
 
@@ -98,3 +101,71 @@ def start_prometheus(
         target = alertmanager_url.split("//", 1)[-1]
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [target]}]}]}
     return stack.prometheus(config, rules=rules, name=name)
+
+
+def zero_definition(name: str, image: str, mode: str = "http", idle_after: float = 12) -> dict:
+    """A service at min 0 of the sample image (mode tcp: its echo server), scaled on its request rate (HTTP)
+    or open connections (TCP), with the damping of a test (no cooldowns, no stabilization)."""
+    http = mode == "http"
+    return {
+        "name": name,
+        "image": image,
+        "port": 8080,
+        "lb_port": free_port(),
+        "mode": mode,
+        **({} if http else {"env": {"MODE": "echo"}}),
+        "health": {"path": "/health", "interval": "1s"} if http else {"type": "tcp", "interval": "1s"},
+        "scaling": {
+            "min": 0,
+            "max": 3,
+            "idle_after": idle_after,
+            "cooldown_up": 0,
+            "cooldown_down": 0,
+            "stabilization_window": 0,
+            "checks": [
+                {
+                    "name": "demand",
+                    "query": f'service:skynet_http_requests:rate{{service="{name}"}}'
+                    if http
+                    else f'sum(haproxy_frontend_current_sessions{{proxy="{name}"}})',
+                    "aggregate": "total",
+                    "target": 50 if http else 20,
+                    "on_missing": "ignore",
+                }
+            ],
+        },
+    }
+
+
+def start_scale_from_zero(stack: Stack, consul: Consul, engine: Engine, services: list, hold: float = 20) -> dict:
+    """The scale-from-zero path as the roles deploy it: HAProxy on the rendered config with the activator,
+    Prometheus scraping HAProxy with the role's rules, the activator, and the watcher running
+    playbooks/autoscale.yml for a service on its wake. What tests and benchmarks use of it."""
+    sockets = activator_dir(stack)
+    haproxy = stack.rendered_haproxy(services, consul, activator={"socket_dir": sockets, "hold": hold})
+    prometheus = start_prometheus(stack, services, {"haproxy": [f"127.0.0.1:{haproxy.stats_port}"]})
+    metrics = start_activator(stack, consul, services, sockets, hold=hold)
+    variables = {
+        "skynet_services": services,
+        "skynet_consul_url": consul.url,
+        "skynet_prometheus_url": prometheus.url,
+        "skynet_docker_host": engine.docker_host,
+        "skynet_autoscale_drain_period": 1,
+        "ansible_python_interpreter": sys.executable,
+    }
+    vars_file = stack.path("autoscale-vars.json")
+    vars_file.write_text(json.dumps(variables))
+    command = [
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        *("-i", "localhost,", str(ROOT / "playbooks" / "autoscale.yml"), "-e", f"@{vars_file}"),
+        *("-e", json.dumps({"skynet_autoscale_limit": ["{service}"], "skynet_autoscale_lock_wait": 20})),
+    ]
+    webhook = start_watcher(stack, consul, command, [s["name"] for s in services])
+    return {
+        "haproxy": haproxy,
+        "prometheus": prometheus,
+        "metrics": metrics,
+        "webhook": webhook,
+        "watcher": stack.processes[-1],
+        "variables": variables,
+    }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,11 +22,13 @@ import requests
 import yaml
 
 from harness.proc import free_port, wait_for
+from harness.product import activator_dir
 from harness.prometheus_role import Monitoring, Receiver, ansible_playbook, loopback_variables, render
 from harness.stack import ROOT, TOOLS
 
 AUTOSCALE = ROOT / "playbooks" / "autoscale.yml"
 REGISTRATOR = ROOT / "roles" / "registrator" / "files" / "skynet-registrator"
+ACTIVATOR = ROOT / "roles" / "haproxy" / "files" / "skynet-activator"
 EXPORT_TASK = "Export the cycle's own metrics for node_exporter's textfile collector"
 
 # Short enough for a test, in the same relations as the defaults.
@@ -39,6 +42,7 @@ TIMINGS = {
     "prometheus_alert_registrator_errors_window": "20s",
     "prometheus_alert_consul_for": "2s",
     "prometheus_alert_consul_election_window": "20s",
+    "prometheus_alert_activator_window": "30s",
 }
 CONSUL_PORTS = ("http", "dns", "serf_lan", "serf_wan", "server")
 
@@ -56,6 +60,7 @@ def setup(tmp_path_factory, receiver):
     workdir = tmp_path_factory.mktemp("alerts")
     servers = [{k: free_port() for k in CONSUL_PORTS} for _server in range(3)]
     registrators = {"engine-gone": free_port(), "consul-gone": free_port()}
+    activators = {"no-instance": free_port(), "consul-gone": free_port()}
 
     def variant(name, **variables):
         return loopback_variables(
@@ -69,6 +74,11 @@ def setup(tmp_path_factory, receiver):
             prometheus_node_exporter_enabled=False,
             prometheus_static_targets={"registrator": [f"127.0.0.1:{p}" for p in registrators.values()]},
         ),
+        "activator": variant(
+            "activator",
+            prometheus_node_exporter_enabled=False,
+            prometheus_static_targets={"activator": [f"127.0.0.1:{p}" for p in activators.values()]},
+        ),
         "consul": variant(
             "consul",
             prometheus_node_exporter_enabled=False,
@@ -76,7 +86,13 @@ def setup(tmp_path_factory, receiver):
         ),
     }
     rendered = render(workdir, variants)
-    return {"workdir": workdir, "rendered": rendered, "servers": servers, "registrators": registrators}
+    return {
+        "workdir": workdir,
+        "rendered": rendered,
+        "servers": servers,
+        "registrators": registrators,
+        "activators": activators,
+    }
 
 
 def test_promtool_accepts_the_rules_with_every_new_alert(setup):
@@ -92,6 +108,9 @@ def test_promtool_accepts_the_rules_with_every_new_alert(setup):
         "SkynetAutoscalingPausedTooLong",
         "SkynetRegistratorDockerDisconnected",
         "SkynetRegistratorConsulFailing",
+        "SkynetActivatorTimingOut",
+        "SkynetActivatorWakeFailing",
+        "SkynetWatcherCyclesFailing",
         "ConsulServerUnhealthy",
         "ConsulNoLeader",
     }
@@ -291,6 +310,58 @@ def test_registrator_alerts_engine_lost_and_consul_failing(stack, setup, receive
     assert lost["labels"]["job"] == "registrator"
     assert [a["instance"] for a in mon.alerts("SkynetRegistratorDockerDisconnected")] == [engine_gone]
     assert [a["instance"] for a in mon.alerts("SkynetRegistratorConsulFailing")] == [consul_gone]
+
+
+# -- the activator -------------------------------------------------------------------------------
+
+
+def activator(stack, name, consul_url, metrics_port, service):
+    """skynet-activator holding `service` for 1 s; the path of its blue socket."""
+    sockets = activator_dir(stack)
+    config = stack.path(f"activator-{name}", "activator.json")
+    config.write_text(
+        json.dumps(
+            {
+                "consul_url": consul_url,
+                "node": name,
+                "hold": 1,
+                "socket_dir": sockets,
+                "metrics_address": f"127.0.0.1:{metrics_port}",
+                "services": {service: {"mode": "http"}},
+            }
+        )
+    )
+    argv = [sys.executable, ACTIVATOR, f"--config={config}"]
+    proc = stack.start(f"activator-{name}", argv, env={"PYTHONPATH": str(ROOT / ".build" / "collections")})
+    proc.wait_ready(lambda: requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).ok)
+    return f"{sockets}/{service}_blue.sock"
+
+
+def held_request(path):
+    """A request as HAProxy hands it to the activator; the status line of the answer."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(10)
+        conn.connect(path)
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        return conn.recv(4096).split(b"\r\n", 1)[0].decode()
+
+
+def test_activator_alerts_requests_not_served_and_wakes_not_recorded(stack, setup, receiver, consul):
+    r, ports = setup["rendered"]["activator"], setup["activators"]
+    # No instance of the service ever comes: the held request times out. The other cannot record its wake.
+    alone = activator(stack, "no-instance", consul.url, ports["no-instance"], "lonely")
+    cut_off = activator(stack, "consul-gone", f"http://127.0.0.1:{free_port()}", ports["consul-gone"], "orphan")
+    mon = Monitoring(stack, r)
+    # A counter's increase needs a sample before the change.
+    assert mon.wait_query('skynet_activator_timed_out_total{service="lonely"} == 0')
+    assert mon.wait_query('skynet_activator_wake_errors_total{service="orphan"} == 0')
+    assert held_request(alone) == "HTTP/1.1 503 Service Unavailable"
+    held_request(cut_off)
+    timing_out = receiver.wait("activator", "SkynetActivatorTimingOut", service="lonely")
+    assert timing_out["labels"]["severity"] == "critical"
+    failing = receiver.wait("activator", "SkynetActivatorWakeFailing", service="orphan")
+    assert failing["labels"]["instance"] == f"127.0.0.1:{ports['consul-gone']}"
+    assert [a["service"] for a in mon.alerts("SkynetActivatorWakeFailing")] == ["orphan"]
 
 
 # -- Consul --------------------------------------------------------------------------------------

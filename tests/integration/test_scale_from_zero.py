@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,92 +15,24 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from harness.ansible import ROOT, run_module, run_playbook
-from harness.proc import free_port, wait_for
-from harness.product import activator_dir, start_activator, start_prometheus, start_watcher
+from harness.ansible import run_module, run_playbook
+from harness.proc import wait_for
+from harness.product import start_scale_from_zero, zero_definition
 from harness.services import remove_service, service_containers
 
 HOLD = 20  # seconds the activator holds a request: a cold start takes about 5
-
-
-def _definition(name, image, mode="http"):
-    http = mode == "http"
-    return {
-        "name": name,
-        "image": image,
-        "port": 8080,
-        "lb_port": free_port(),
-        "mode": mode,
-        **({} if http else {"env": {"MODE": "echo"}}),
-        "health": {"path": "/health", "interval": "1s"} if http else {"type": "tcp", "interval": "1s"},
-        "scaling": {
-            "min": 0,
-            "max": 3,
-            "idle_after": 12,
-            "cooldown_up": 0,
-            "cooldown_down": 0,
-            "stabilization_window": 0,
-            "checks": [
-                {
-                    "name": "demand",
-                    "query": f'service:skynet_http_requests:rate{{service="{name}"}}'
-                    if http
-                    else f'sum(haproxy_frontend_current_sessions{{proxy="{name}"}})',
-                    "aggregate": "total",
-                    "target": 50 if http else 20,
-                    "on_missing": "ignore",
-                }
-            ],
-        },
-    }
 
 
 @pytest.fixture
 def at_zero(stack, consul, engine, docker_client, sample_image, unique):
     """An HTTP and a TCP (echo) service at min 0 behind HAProxy with the activator, Prometheus scraping
     HAProxy, and the watcher running the autoscale playbook for a service on its wake."""
-    web = _definition(unique("web"), sample_image["1"])
-    echo = _definition(unique("echo"), sample_image["1"], mode="tcp")
-    services = [web, echo]
-    sockets = activator_dir(stack)
-    haproxy = stack.rendered_haproxy(services, consul, activator={"socket_dir": sockets, "hold": HOLD})
-    prometheus = start_prometheus(stack, services, {"haproxy": [f"127.0.0.1:{haproxy.stats_port}"]})
-    metrics = start_activator(stack, consul, services, sockets, hold=HOLD)
-    variables = {
-        "skynet_services": services,
-        "skynet_consul_url": consul.url,
-        "skynet_prometheus_url": prometheus.url,
-        "skynet_docker_host": engine.docker_host,
-        "skynet_autoscale_drain_period": 1,
-        "ansible_python_interpreter": sys.executable,
-    }
-    vars_file = stack.path("autoscale-vars.json")
-    vars_file.write_text(json.dumps(variables))
-    command = [
-        str(ROOT / ".venv" / "bin" / "ansible-playbook"),
-        "-i",
-        "localhost,",
-        str(ROOT / "playbooks" / "autoscale.yml"),
-        "-e",
-        f"@{vars_file}",
-        "-e",
-        json.dumps({"skynet_autoscale_limit": ["{service}"], "skynet_autoscale_lock_wait": 20}),
-    ]
-    webhook = start_watcher(stack, consul, command, [web["name"], echo["name"]])
-    watcher = stack.processes[-1]
+    web = zero_definition(unique("web"), sample_image["1"])
+    echo = zero_definition(unique("echo"), sample_image["1"], mode="tcp")
+    started = start_scale_from_zero(stack, consul, engine, [web, echo], hold=HOLD)
     common = {"docker_host": engine.docker_host, "consul_url": consul.url}
-    yield {
-        "web": web,
-        "echo": echo,
-        "variables": variables,
-        "stack": stack,
-        "metrics": metrics,
-        "webhook": webhook,
-        "watcher": watcher,
-        "prometheus": prometheus,
-        "common": common,
-    }
-    for s in services:
+    yield {**started, "web": web, "echo": echo, "stack": stack, "common": common}
+    for s in (web, echo):
         remove_service(common, consul, s["name"])
         consul.api("DELETE", f"kv/skynet/wake/{s['name']}")
 
