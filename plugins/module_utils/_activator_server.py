@@ -186,7 +186,7 @@ class Activator:
             self.servers.append(await asyncio.start_unix_server(on_connection, path=path))
             os.chmod(path, 0o660)  # HAProxy's group connects
         if self.config["metrics_address"]:
-            host, _, port = self.config["metrics_address"].rpartition(":")
+            host, _colon, port = self.config["metrics_address"].rpartition(":")
             self.servers.append(await asyncio.start_server(self._metrics, host.strip("[]") or None, int(port)))
         log.info("holding for %s", ", ".join(sorted(self.config["services"])) or "no service")
 
@@ -283,7 +283,7 @@ def main(argv=None):
         config, token = load(args.config)
         if args.check:
             ConsulHTTP(config["consul_url"], ca_file=config["ca_cert"])
-            print(f"{args.config}: {len(config['services'])} service(s), hold {config['hold']:g}s")
+            sys.stdout.write(f"{args.config}: {len(config['services'])} service(s), hold {config['hold']:g}s\n")
             return 0
         asyncio.run(_serve(config, token))
     except (SkynetError, ConsulHTTPError) as e:

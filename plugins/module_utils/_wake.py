@@ -24,7 +24,7 @@ def key(service):
 
 def service_of(kv_key):
     """The service a key under PREFIX is the wake record of, None for any other key."""
-    head, _, name = kv_key.rpartition("/")
+    head, _slash, name = kv_key.rpartition("/")
     return name if head == PREFIX and name else None
 
 

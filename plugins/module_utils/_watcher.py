@@ -274,7 +274,7 @@ def main(argv=None):
         log.error("%s", e)
         return 2
     if args.check:
-        print(f"{args.config}: watching {', '.join(config.get('services') or ['every service'])}")
+        sys.stdout.write(f"{args.config}: watching {', '.join(config.get('services') or ['every service'])}\n")
         return 0
     runner = Runner(config["command"], config.get("services"), int(config.get("parallel") or 4))
     stop = threading.Event()
@@ -282,7 +282,7 @@ def main(argv=None):
         signal.signal(sig, lambda *_: stop.set())
     server = None
     if config.get("listen"):
-        host, _, port = config["listen"].rpartition(":")
+        host, _colon, port = config["listen"].rpartition(":")
         server = ThreadingHTTPServer((host.strip("[]"), int(port)), _handler(runner))
         threading.Thread(target=server.serve_forever, daemon=True, name="webhook").start()
     wakes = threading.Thread(target=watch_wakes, args=(consul, runner, stop), daemon=True, name="wakes")

@@ -85,7 +85,7 @@ def test_a_burst_at_zero_is_answered_by_the_instance_it_wakes_and_the_service_id
     held = _activator_metric(at_zero["metrics"], "skynet_activator_held_total", web["name"])
     wait_for(lambda: requests.get(url, timeout=5).ok, 10, "the instance through HAProxy")
     time.sleep(3)  # HAProxy's DNS and health check have seen the instance by now
-    for _ in range(20):
+    for _attempt in range(20):
         assert requests.get(url, timeout=5).status_code == 200
     assert _activator_metric(at_zero["metrics"], "skynet_activator_held_total", web["name"]) == held
 

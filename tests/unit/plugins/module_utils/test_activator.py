@@ -234,7 +234,7 @@ def parse_reply(data):
 @pytest.mark.parametrize(("hold", "said"), [(30.0, "30s"), (30, "30s"), (2.5, "2.5s")])
 def test_the_timed_out_reply_is_a_well_formed_503(hold, said):
     data = timed_out_reply("web", hold)
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _blank, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     response, read = parse_reply(data)
     assert (response.version, response.status, response.reason) == (11, 503, "Service Unavailable")
@@ -371,7 +371,7 @@ def test_every_metric_has_help_and_type():
 
 def test_the_hold_sum_keeps_its_precision_as_it_grows():
     metrics = Metrics()
-    for _ in range(100_001):
+    for _hold in range(100_001):
         metrics.observe("web", 12.5)
     found = samples(metrics.text(["web"]))
     assert found[("skynet_activator_hold_seconds_sum", (("service", "web"),))] == 100_001 * 12.5
