@@ -101,7 +101,7 @@ def docs_policy():
 def test_the_extraction_finds_the_examples():
     found = documented_queries()
     where = [w.split(" yaml block")[0] for w, _k, _q in found]
-    assert where.count("autoscaling.md") == 4 and "autoscaling.md text" in where, where
+    assert where.count("autoscaling.md") == 5 and "autoscaling.md text" in where, where
     assert [q for _w, _k, q in found if q.startswith("(predict_linear(")], "the example of scaling ahead"
     for source in ("skynet_scale.py", "skynet_bluegreen.py", "prometheus.py"):
         assert f"{source} EXAMPLES" in where, source
