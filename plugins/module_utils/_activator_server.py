@@ -25,7 +25,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _activator, _wake
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul_http import ConsulHTTP, ConsulHTTPError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul_http import (
+    ConsulHTTP,
+    ConsulHTTPError,
+    read_token,
+)
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 
 REWAKE = 5.0  # seconds between two wake records of a service while requests are held
@@ -248,14 +252,7 @@ def load(path):
             config = _activator.parse_config(json.load(f))
     except (OSError, ValueError) as e:
         raise SkynetError(f"cannot read the activator's configuration {path}: {e}") from e
-    token = None
-    if config["token_file"]:
-        try:
-            with open(config["token_file"], encoding="utf-8") as f:
-                token = f.read().strip() or None
-        except OSError as e:
-            raise SkynetError(f"cannot read the Consul token file {config['token_file']}: {e}") from e
-    return config, token
+    return config, read_token(config["token_file"])
 
 
 async def _serve(config, token):

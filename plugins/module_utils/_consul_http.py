@@ -94,3 +94,14 @@ class ConsulHTTP:
                 value = None
             out[e["Key"]] = (value, e.get("ModifyIndex", 0))
         return out, index
+
+
+def read_token(path):
+    """The Consul token in the file at path (None for no path or an empty file); ConsulHTTPError naming the file."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError as e:
+        raise ConsulHTTPError(f"cannot read the Consul token file {path}: {e}") from e

@@ -26,7 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _wake
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul_http import ConsulHTTP, ConsulHTTPError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul_http import (
+    ConsulHTTP,
+    ConsulHTTPError,
+    read_token,
+)
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import problem, service_name
 
@@ -250,14 +254,7 @@ def load(path):
         errors.append("services must be a list of service names")
     if errors:
         raise SkynetError("invalid watcher configuration: " + "; ".join(errors))
-    token = None
-    if raw.get("token_file"):
-        try:
-            with open(raw["token_file"], encoding="utf-8") as f:
-                token = f.read().strip() or None
-        except OSError as e:
-            raise SkynetError(f"cannot read the Consul token file {raw['token_file']}: {e}") from e
-    return raw, token
+    return raw, read_token(raw.get("token_file"))
 
 
 def main(argv=None):
