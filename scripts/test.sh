@@ -23,7 +23,12 @@ step_molecule() {
   # Each role's scenarios (or those of the roles in MOLECULE_ROLES) in systemd containers of the
   # image molecule-image.sh builds.
   bash scripts/molecule-image.sh || return 1
-  local rc=0 dir role start times=()
+  # The Podman API service the scenarios' tasks connect through (.config/molecule/config.yml).
+  export SKYNET_MOLECULE_PODMAN_SOCKET="$TMPDIR/molecule-podman.sock"
+  rm -f "$SKYNET_MOLECULE_PODMAN_SOCKET"
+  podman system service --time 0 "unix://$SKYNET_MOLECULE_PODMAN_SOCKET" &
+  local service=$! rc=0 dir role start times=()
+  for _ in $(seq 50); do [ -S "$SKYNET_MOLECULE_PODMAN_SOCKET" ] && break; sleep 0.1; done
   for role in ${MOLECULE_ROLES:-$(cd roles && echo *)}; do
     dir=roles/$role/molecule
     [ -d "$dir" ] || continue
@@ -41,6 +46,7 @@ step_molecule() {
   fi
   # What each took, for keeping the whole run within CI's limit.
   (IFS=, && printf '\nmolecule: %s\n' "${times[*]}")
+  kill "$service" && wait "$service" 2>/dev/null
   return $rc
 }
 step_build() {
