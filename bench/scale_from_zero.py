@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scale_from_zero.py [REQUESTS] [SECONDS]     # default 1000 over 10 s
 
-The path the roles deploy (tests/harness/product.py start_scale_from_zero): HAProxy on the rendered config
+The path the roles deploy (tests/harness/product.py start_event_path): HAProxy on the rendered config
 with the activator as the backup server, the activator, Prometheus, and the watcher running
 playbooks/autoscale.yml for the woken service. For each mode, a service at zero gets REQUESTS requests (HTTP)
 or connections (TCP, each sending a line the echo server sends back), spread evenly over SECONDS, the first
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / ".build" / "collect
 import requests
 
 from harness.images import build_sample_image
-from harness.product import start_scale_from_zero, zero_definition
+from harness.product import start_event_path, zero_definition
 from harness.services import remove_service, service_containers
 from harness.stack import Stack
 
@@ -123,7 +123,7 @@ def main():
         client = engine.client()
         image = build_sample_image(client, "1")
         services = [zero_definition("web", image), zero_definition("echo", image, mode="tcp")]
-        start_scale_from_zero(stack, consul, engine, services, hold=30)
+        start_event_path(stack, consul, engine, services, hold=30)
         common = {"docker_host": engine.docker_host, "consul_url": consul.url}
         for definition in services:
             cold_start(consul, client, definition, count, seconds)

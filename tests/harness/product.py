@@ -11,10 +11,12 @@ import tempfile
 from pathlib import Path
 
 import requests
+import yaml
 
+from .ansible import run_playbook
 from .proc import free_port
-from .prometheus_role import render_rules
-from .stack import ROOT, Consul, Engine, Prometheus, Stack
+from .prometheus_role import render, render_rules
+from .stack import ROOT, Alertmanager, Consul, Engine, Prometheus, Stack
 
 REGISTRATOR = ROOT / "roles" / "registrator" / "files" / "skynet-registrator"
 ACTIVATOR = ROOT / "roles" / "haproxy" / "files" / "skynet-activator"
@@ -88,10 +90,12 @@ def start_prometheus(
     alertmanager_url: str | None = None,
     extra_scrape_configs: tuple = (),
     name: str = "prometheus",
+    **role_variables,
 ) -> Prometheus:
     """Prometheus scraping each job's /metrics targets ({job: [HOST:PORT, ...]}) every second, with
-    the prometheus role's rules for these service definitions."""
-    rules = render_rules(stack.path(name, "rules", ".keep").parent, services, prometheus_rate_window=rate_window)
+    the prometheus role's rules for these service definitions (and these variables of the role)."""
+    workdir = stack.path(name, "rules", ".keep").parent
+    rules = render_rules(workdir, services, prometheus_rate_window=rate_window, **role_variables)
     scrape = [{"job_name": job, "static_configs": [{"targets": list(targets)}]} for job, targets in jobs.items()]
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -137,13 +141,52 @@ def zero_definition(name: str, image: str, mode: str = "http", idle_after: float
     }
 
 
-def start_scale_from_zero(stack: Stack, consul: Consul, engine: Engine, services: list, hold: float = 20) -> dict:
-    """The scale-from-zero path as the roles deploy it: HAProxy on the rendered config with the activator,
+def autoscale_cycle(started: dict, stack: Stack) -> dict:
+    """One run of playbooks/autoscale.yml on the variables of start_event_path, as the timer runs it: the
+    decisions by service."""
+    done = run_playbook("autoscale", started["variables"], stack.workdir, json_output=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    tasks = {t["task"]["name"]: t["hosts"]["localhost"] for t in json.loads(done.stdout)["plays"][0]["tasks"]}
+    return {d["service"]: d for d in tasks["Decide and apply every scaling policy"]["decisions"]}
+
+
+def start_alertmanager(stack: Stack, services: list, watcher: str) -> Alertmanager:
+    """Alertmanager on the configuration the prometheus role renders with the watcher at HOST:PORT watcher."""
+    variables = {
+        "prometheus_consul_sd": False,
+        "prometheus_services": services,
+        "prometheus_alertmanager_watcher_urls": [f"http://{watcher}/alertmanager"],
+    }
+    rendered = render(stack.path("alertmanager-role", ".keep").parent, {"alertmanager": variables})["alertmanager"]
+    return stack.alertmanager(yaml.safe_load((rendered.etc / "alertmanager.yml").read_text()))
+
+
+def start_event_path(
+    stack: Stack, consul: Consul, engine: Engine, services: list, hold: float = 20, demand: bool = False
+) -> dict:
+    """The event path as the roles deploy it: HAProxy on the rendered config with the activator,
     Prometheus scraping HAProxy with the role's rules, the activator, and the watcher running
-    playbooks/autoscale.yml for a service on its wake. What tests and benchmarks use of it."""
+    playbooks/autoscale.yml for a service on its wake. demand: also the role's demand alerts, and
+    Alertmanager on the role's configuration sending them to the watcher. What tests and benchmarks use."""
     sockets = activator_dir(stack)
     haproxy = stack.rendered_haproxy(services, consul, activator={"socket_dir": sockets, "hold": hold})
-    prometheus = start_prometheus(stack, services, {"haproxy": [f"127.0.0.1:{haproxy.stats_port}"]})
+    # The watcher reads the variables when it runs the playbook: they are written once Prometheus is up.
+    vars_file = stack.path("autoscale-vars.json")
+    command = [
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        *("-i", "localhost,", str(ROOT / "playbooks" / "autoscale.yml"), "-e", f"@{vars_file}"),
+        *("-e", json.dumps({"skynet_autoscale_limit": ["{service}"], "skynet_autoscale_lock_wait": 20})),
+    ]
+    webhook = start_watcher(stack, consul, command, [s["name"] for s in services])
+    watcher = stack.processes[-1]
+    alerting = {}
+    if demand:
+        alertmanager = start_alertmanager(stack, services, webhook)
+        alerting = {
+            "alertmanager_url": alertmanager.url,
+            "prometheus_alertmanager_watcher_urls": [f"http://{webhook}/alertmanager"],
+        }
+    prometheus = start_prometheus(stack, services, {"haproxy": [f"127.0.0.1:{haproxy.stats_port}"]}, **alerting)
     metrics = start_activator(stack, consul, services, sockets, hold=hold)
     variables = {
         "skynet_services": services,
@@ -153,19 +196,12 @@ def start_scale_from_zero(stack: Stack, consul: Consul, engine: Engine, services
         "skynet_autoscale_drain_period": 1,
         "ansible_python_interpreter": sys.executable,
     }
-    vars_file = stack.path("autoscale-vars.json")
     vars_file.write_text(json.dumps(variables))
-    command = [
-        str(Path(sys.executable).parent / "ansible-playbook"),
-        *("-i", "localhost,", str(ROOT / "playbooks" / "autoscale.yml"), "-e", f"@{vars_file}"),
-        *("-e", json.dumps({"skynet_autoscale_limit": ["{service}"], "skynet_autoscale_lock_wait": 20})),
-    ]
-    webhook = start_watcher(stack, consul, command, [s["name"] for s in services])
     return {
         "haproxy": haproxy,
         "prometheus": prometheus,
         "metrics": metrics,
         "webhook": webhook,
-        "watcher": stack.processes[-1],
+        "watcher": watcher,
         "variables": variables,
     }

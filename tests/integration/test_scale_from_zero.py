@@ -4,7 +4,6 @@ the held requests are answered by the new instance. Real Consul, HAProxy, Promet
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -15,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from harness.ansible import run_module, run_playbook
+from harness.ansible import run_module
 from harness.proc import wait_for
-from harness.product import start_scale_from_zero, zero_definition
+from harness.product import autoscale_cycle, start_event_path, zero_definition
 from harness.services import remove_service, service_containers
 
 HOLD = 20  # seconds the activator holds a request: a cold start takes about 5
@@ -30,7 +29,7 @@ def at_zero(stack, consul, engine, docker_client, sample_image, unique):
     HAProxy, and the watcher running the autoscale playbook for a service on its wake."""
     web = zero_definition(unique("web"), sample_image["1"], idle_after=IDLE_AFTER)
     echo = zero_definition(unique("echo"), sample_image["1"], mode="tcp")
-    started = start_scale_from_zero(stack, consul, engine, [web, echo], hold=HOLD)
+    started = start_event_path(stack, consul, engine, [web, echo], hold=HOLD)
     common = {"docker_host": engine.docker_host, "consul_url": consul.url}
     yield {**started, "web": web, "echo": echo, "stack": stack, "common": common}
     for s in (web, echo):
@@ -47,10 +46,7 @@ def _activator_metric(address, name, service):
 
 
 def _cycle(at_zero):
-    done = run_playbook("autoscale", at_zero["variables"], at_zero["stack"].workdir, json_output=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    tasks = {t["task"]["name"]: t["hosts"]["localhost"] for t in json.loads(done.stdout)["plays"][0]["tasks"]}
-    return {d["service"]: d for d in tasks["Decide and apply every scaling policy"]["decisions"]}
+    return autoscale_cycle(at_zero, at_zero["stack"])
 
 
 def test_a_burst_at_zero_is_answered_by_the_instance_it_wakes_and_the_service_idles_back_to_zero(
