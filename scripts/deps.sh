@@ -12,7 +12,7 @@ prometheus_version=2.24.1+ds-1+b7
 prometheus_sha256=7f98887c0fa36e0dd81bb39abc57a9e2535c2a0dc20442a431255ebc0b87b73a
 apt_packages=(haproxy socat podman runc prometheus prometheus-alertmanager
   prometheus-node-exporter busybox-static wrk apache2-utils shellcheck debootstrap iproute2
-  dnsutils curl rsync git make conmon)
+  dnsutils curl rsync git make conmon openjdk-17-jre-headless)
 
 say() { printf '\033[1m[deps]\033[0m %s\n' "$*"; }
 need_root() { [ "$(id -u)" = 0 ] || { echo "deps: run as root (apt, podman)" >&2; exit 1; }; }
