@@ -58,6 +58,15 @@ def free_port() -> int:
     raise HarnessError(f"no free port left in {base}-{base + PORTS_PER_WORKER - 1}")
 
 
+def kill_tree(pid: int):
+    """SIGKILL to pid and every descendant: Ansible runs the module in a session of its own."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+    os.kill(pid, signal.SIGSTOP)  # no new child while the tree is walked
+    for child in out.split():
+        kill_tree(int(child))
+    os.kill(pid, signal.SIGKILL)
+
+
 def wait_for(check, timeout: float, what: str, interval: float = 0.1):
     """Polls check() until it returns a truthy value; raises HarnessError naming `what`."""
     deadline = time.monotonic() + timeout

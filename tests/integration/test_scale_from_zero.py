@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +16,10 @@ import pytest
 import requests
 
 from harness.ansible import run_module
-from harness.proc import wait_for
+from harness.proc import kill_tree, wait_for
 from harness.product import autoscale_cycle, start_event_path, zero_definition
 from harness.services import remove_service, service_containers
+from harness.stack import ROOT
 
 HOLD = 20  # seconds the activator holds a request: a cold start takes about 5
 IDLE_AFTER = 30
@@ -227,3 +229,40 @@ def test_an_alertmanager_notification_or_an_operator_runs_the_cycle_of_the_servi
     metrics = requests.get(f"{webhook}/metrics", timeout=5).text
     assert 'skynet_watcher_triggers_total{source="alert"} 1' in metrics
     assert 'skynet_watcher_triggers_total{source="operator"} 1' in metrics
+
+
+def test_a_cycle_killed_after_recording_the_wake_as_answered_still_wakes_the_service(at_zero, docker_client, consul):
+    """Killed anywhere between recording that it answered a wake and the instance passing: the activator
+    writes the wake again while it holds the request, and the next cycle answers that one, once."""
+    web = at_zero["web"]
+    name = web["name"]
+    os.killpg(at_zero["watcher"].popen.pid, signal.SIGKILL)  # the cycles are this test's
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".build" / "collections"), "ANSIBLE_NOCOLOR": "1"}
+    argv = ["ansible-playbook", "-i", "localhost,", str(ROOT / "playbooks" / "autoscale.yml")]
+    argv += ["-e", f"@{at_zero['stack'].path('autoscale-vars.json')}"]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_held_get, f"http://127.0.0.1:{web['lb_port']}/")
+        (wake,) = wait_for(lambda: consul.api("GET", f"kv/skynet/wake/{name}"), 10, "the wake record")
+        run = subprocess.Popen(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            wait_for(
+                lambda: consul.api("GET", f"kv/skynet/scale/{name}/state", params={"raw": "1"})["woken"]
+                >= wake["ModifyIndex"],
+                60,
+                "the wake recorded as answered",
+                interval=0.05,
+            )
+        finally:
+            kill_tree(run.pid)
+            run.wait(10)
+        for _cycle_n in range(10):
+            if consul.api("GET", f"health/service/{name}", params={"passing": "1"}):
+                break
+            _cycle(at_zero)
+            time.sleep(1)
+        r, _took = pending.result()
+    assert r.status_code == 200, r.headers
+    assert len(service_containers(docker_client, name)) == 1
+    assert len(consul.api("GET", f"catalog/service/{name}")) == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._lock import Lock
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
 
 from harness.ansible import ROOT, run_module
-from harness.proc import wait_for
+from harness.proc import kill_tree, wait_for
 from harness.services import remove_service, service_containers
 
 COMPUTE = "cyberdyne.skynet.skynet_compute"
@@ -150,15 +149,6 @@ def test_a_run_that_loses_its_lock_mid_drain_stops_and_the_next_run_converges(
     assert decision["left_drained"], decision
     assert len(service_containers(docker_client, name)) == 1
     assert not drained(consul, name)
-
-
-def kill_tree(pid):
-    """SIGKILL to pid and every descendant: Ansible runs the module in a session of its own."""
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
-    os.kill(pid, signal.SIGSTOP)  # no new child while the tree is walked
-    for child in out.split():
-        kill_tree(int(child))
-    os.kill(pid, signal.SIGKILL)
 
 
 def two_wanting_one(service, sample_image):
