@@ -17,7 +17,7 @@ import requests
 
 from harness.ansible import run_module
 from harness.proc import kill_tree, wait_for
-from harness.product import autoscale_cycle, start_event_path, zero_definition
+from harness.product import COLLECTIONS, autoscale_cycle, start_event_path, zero_definition
 from harness.services import remove_service, service_containers
 from harness.stack import ROOT
 
@@ -266,3 +266,27 @@ def test_a_cycle_killed_after_recording_the_wake_as_answered_still_wakes_the_ser
     assert r.status_code == 200, r.headers
     assert len(service_containers(docker_client, name)) == 1
     assert len(consul.api("GET", f"catalog/service/{name}")) == 1
+
+
+def test_an_activator_killed_mid_hold_fails_its_request_at_once_and_keeps_the_wake(at_zero, docker_client, consul):
+    """SIGKILLed while it holds a request (systemd restarts it: Restart=always): that client gets an answer at
+    once, not a hang to its timeout; the wake it recorded stays, so the next cycle wakes the service, and the
+    restarted activator (on the sockets the dead one left) holds and forwards the next request."""
+    web, stack = at_zero["web"], at_zero["stack"]
+    name, url = web["name"], f"http://127.0.0.1:{web['lb_port']}/"
+    os.killpg(at_zero["watcher"].popen.pid, signal.SIGKILL)  # the cycles are this test's
+    activator = next(p for p in stack.processes if p.name == "activator")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_held_get, url)
+        wait_for(lambda: consul.api("GET", f"kv/skynet/wake/{name}"), 10, "the wake record")
+        activator.signal(signal.SIGKILL)
+        r, took = pending.result(timeout=15)
+    assert r.status_code == 503 and took < 10, (r.status_code, took)
+    restarted = stack.start("activator-restarted", activator.argv, env={"PYTHONPATH": str(COLLECTIONS)})
+    restarted.wait_ready(lambda: requests.get(f"http://{at_zero['metrics']}/metrics", timeout=2).ok, timeout=30)
+
+    decision = _cycle(at_zero)[name]
+    assert (decision["action"], decision["desired"]) == ("scale_out", 1) and "woken" in decision["reason"], decision
+    r, _took = _held_get(url)
+    assert r.status_code == 200
+    assert len(service_containers(docker_client, name)) == 1
