@@ -53,7 +53,9 @@ def trial(stack, consul, started, web, path):
     """One load step on one instance; seconds from the step to each part."""
     name, prometheus = web["name"], started["prometheus"]
     query = web["scaling"]["checks"][0]["query"]
-    first = {s["Service"]["ID"] for s in _passing(consul, name)}
+    url = f"http://127.0.0.1:{web['lb_port']}/"
+    # The one instance's answer names it (the sample image's "NAME instance=ID ...").
+    first = next(w for w in requests.get(url, timeout=5).text.split() if w.startswith("instance="))
     alerts_before = _watcher_alerts(started["webhook"])
     seen, stop = {}, threading.Event()
 
@@ -76,7 +78,7 @@ def trial(stack, consul, started, web, path):
             last = consul.api("GET", f"kv/skynet/scale/{name}/last", params={"raw": "1"})
             if "decision taken" not in seen and last and last["action"] == "scale_out" and last["time"] > t0:
                 seen["decision taken"] = last["time"] - t0
-            answered = [sent for sent, body in list(load.answers) if not any(i in body for i in first)]
+            answered = [sent for sent, body in list(load.answers) if first not in body.split()]
             if answered and "first answer" not in seen:
                 seen["first answer"] = answered[0] - t0
             if "first answer" in seen and "decision taken" in seen:
@@ -84,7 +86,7 @@ def trial(stack, consul, started, web, path):
             time.sleep(0.1)
 
     t0 = time.time()
-    with LoadLoop(f"http://127.0.0.1:{web['lb_port']}/", rate=RATE) as load:
+    with LoadLoop(url, rate=RATE) as load:
         threads = [threading.Thread(target=watch, args=(t0, load), daemon=True)]
         if path == "timer":
             threads.append(threading.Thread(target=timer, daemon=True))
