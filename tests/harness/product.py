@@ -141,10 +141,10 @@ def zero_definition(name: str, image: str, mode: str = "http", idle_after: float
     }
 
 
-def autoscale_cycle(started: dict, stack: Stack) -> dict:
-    """One run of playbooks/autoscale.yml on the variables of start_event_path, as the timer runs it: the
-    decisions by service."""
-    done = run_playbook("autoscale", started["variables"], stack.workdir, json_output=True)
+def autoscale_cycle(started: dict, stack: Stack, **variables) -> dict:
+    """One run of playbooks/autoscale.yml on the variables of start_event_path (and these), as the timer
+    runs it: the decisions by service."""
+    done = run_playbook("autoscale", {**started["variables"], **variables}, stack.workdir, json_output=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     tasks = {t["task"]["name"]: t["hosts"]["localhost"] for t in json.loads(done.stdout)["plays"][0]["tasks"]}
     return {d["service"]: d for d in tasks["Decide and apply every scaling policy"]["decisions"]}

@@ -233,8 +233,9 @@ def test_an_alertmanager_notification_or_an_operator_runs_the_cycle_of_the_servi
 
 def test_a_cycle_killed_after_recording_the_wake_as_answered_still_wakes_the_service(at_zero, docker_client, consul):
     """Killed anywhere between recording that it answered a wake and the instance passing: the activator
-    writes the wake again while it holds the request, and a later cycle answers that one, once. (When the
-    cycles are slower than the hold, the held request gets the activator's 503; the next request wakes it.)"""
+    writes the wake again while it holds the request, and a later cycle answers that one, once. The dead
+    run's lock outlives it (its session's TTL, then the lock-delay): the next cycle waits for it, so the
+    held request may get the activator's 503 after its hold; the next request is answered."""
     web = at_zero["web"]
     name, url = web["name"], f"http://127.0.0.1:{web['lb_port']}/"
     os.killpg(at_zero["watcher"].popen.pid, signal.SIGKILL)  # the cycles are this test's
@@ -248,7 +249,7 @@ def test_a_cycle_killed_after_recording_the_wake_as_answered_still_wakes_the_ser
     def cycles_until(done):
         deadline = time.monotonic() + 90
         while not passing() and not done() and time.monotonic() < deadline:
-            _cycle(at_zero)
+            autoscale_cycle(at_zero, at_zero["stack"], skynet_autoscale_lock_wait=90)
             time.sleep(1)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -272,6 +273,13 @@ def test_a_cycle_killed_after_recording_the_wake_as_answered_still_wakes_the_ser
         r, _took = pending.result()
         assert r.status_code == 200 or "no instance of" in r.headers.get("X-Skynet-Activator", ""), r.headers
         later = pool.submit(_held_get, url)
+        if not passing():
+            wait_for(
+                lambda: consul.api("GET", f"kv/skynet/wake/{name}")[0]["ModifyIndex"]
+                > consul.api("GET", f"kv/skynet/scale/{name}/state", params={"raw": "1"})["woken"],
+                10,
+                "a wake not answered yet",
+            )
         cycles_until(later.done)
         r, _took = later.result()
     assert r.status_code == 200, r.headers
