@@ -184,6 +184,13 @@ class Monitoring:
         return [a["metric"] for a in self.query(f'ALERTS{{alertname="{name}", alertstate="{state}"}}')]
 
 
+def notification(firing: list, resolved: list = (), alertname: str = "SkynetServiceDemand") -> dict:
+    """An Alertmanager webhook notification for the watcher: one alert per service, firing or resolved."""
+    alerts = [{"status": "firing", "labels": {"alertname": alertname, "service": n}} for n in firing]
+    alerts += [{"status": "resolved", "labels": {"alertname": alertname, "service": n}} for n in resolved]
+    return {"version": "4", "status": "firing", "receiver": "skynet-watcher", "alerts": alerts}
+
+
 class Receiver:
     """A webhook on loopback that keeps what Alertmanager posts to it; answers GET too (an HAProxy backend)."""
 

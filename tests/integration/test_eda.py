@@ -17,6 +17,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils import _wake
 
 from harness.proc import free_port, wait_for
 from harness.product import COLLECTIONS, start_prometheus, zero_definition
+from harness.prometheus_role import notification
 from harness.services import remove_service, service_containers
 
 RULEBOOK = Path(sys.executable).parent / "ansible-rulebook"
@@ -78,16 +79,7 @@ def _decision(consul, name, timeout=90):
 
 def test_an_alertmanager_notification_runs_the_cycle_of_its_service(rulebook, consul, docker_client):
     web, api = rulebook["web"], rulebook["api"]
-    notification = {
-        "version": "4",
-        "status": "firing",
-        "receiver": "skynet-watcher",
-        "alerts": [
-            {"status": "firing", "labels": {"alertname": "SkynetServiceDemand", "service": web["name"]}},
-            {"status": "resolved", "labels": {"alertname": "SkynetServiceDemand", "service": api["name"]}},
-        ],
-    }
-    r = requests.post(rulebook["url"], json=notification, timeout=5)
+    r = requests.post(rulebook["url"], json=notification([web["name"]], [api["name"]]), timeout=5)
     assert r.status_code == 200 and r.json() == {"services": [web["name"]]}
     decision = _decision(consul, web["name"])
     assert (decision["action"], decision["desired"]) == ("scale_out", 1), decision

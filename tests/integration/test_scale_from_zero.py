@@ -18,6 +18,7 @@ import requests
 from harness.ansible import run_module
 from harness.proc import kill_tree, wait_for
 from harness.product import COLLECTIONS, autoscale_cycle, start_event_path, zero_definition
+from harness.prometheus_role import notification
 from harness.services import remove_service, service_containers
 from harness.stack import ROOT
 
@@ -203,16 +204,8 @@ def test_a_paused_service_is_not_woken_and_the_request_gets_the_reason(at_zero, 
 def test_an_alertmanager_notification_or_an_operator_runs_the_cycle_of_the_service(at_zero, consul):
     web = at_zero["web"]
     webhook = f"http://{at_zero['webhook']}"
-    notification = {
-        "version": "4",
-        "status": "firing",
-        "receiver": "skynet-watcher",
-        "alerts": [
-            {"status": "firing", "labels": {"alertname": "SkynetDemand", "service": web["name"]}},
-            {"status": "resolved", "labels": {"alertname": "SkynetDemand", "service": at_zero["echo"]["name"]}},
-        ],
-    }
-    r = requests.post(f"{webhook}/alertmanager", json=notification, timeout=5)
+    sent = notification([web["name"]], [at_zero["echo"]["name"]])
+    r = requests.post(f"{webhook}/alertmanager", json=sent, timeout=5)
     assert r.status_code == 200 and web["name"] in r.text and at_zero["echo"]["name"] not in r.text
     wait_for(
         lambda: consul.api("GET", f"kv/skynet/scale/{web['name']}/last", params={"raw": "1"}), 30, "the alert's cycle"
