@@ -24,7 +24,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _activator, _wake
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _activator, _daemon, _wake
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul_http import (
     ConsulHTTP,
     ConsulHTTPError,
@@ -273,9 +273,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="skynet-activator", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the JSON configuration (the haproxy role renders it)")
     parser.add_argument("--check", action="store_true", help="check the configuration and exit")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    _daemon.add_log_level(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(message)s", stream=sys.stderr)
+    _daemon.setup_logging(args.log_level)
     try:
         config, token = load(args.config)
         if args.check:

@@ -1,6 +1,6 @@
 # Copyright: Skynet developers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Consul's HTTP API with the standard library only, for the daemons that run with the system Python
+"""Consul's HTTP API with the standard library only, for the daemons that need no package beyond it
 (skynet-consul-sd, skynet-activator, skynet-watcher): one call, its failures as one ConsulHTTPError
 naming the agent, the path and what went wrong. Blocking queries return the X-Consul-Index to wait on."""
 

@@ -5,7 +5,7 @@
 Writes one file_sd JSON file per Consul service from ``/v1/catalog/services`` and
 ``/v1/health/service/<name>``, with the very ``__meta_consul_*`` labels consul_sd_configs
 gives, so one set of relabel_configs serves both. Prometheus reads the files as they change.
-Standard library only: it runs with the system Python. ``roles/prometheus/files/skynet-consul-sd``
+Standard library only. ``skynet-consul-sd`` (_daemon.py, from the runtime role's copy of the collection)
 runs ``main()``.
 """
 
@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.parse
 
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _daemon
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul_http import ConsulHTTP, ConsulHTTPError
 
 # Consul's own order of precedence (api.HealthChecks.AggregatedStatus).
@@ -274,7 +275,7 @@ def parse_args(argv=None):
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds a call to Consul may take")
     parser.add_argument("--metrics-file", default="", help="node_exporter textfile (.prom) for the daemon's metrics")
     parser.add_argument("--once", action="store_true", help="one pass, then exit (non-zero when it failed)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _daemon.add_log_level(parser)
     args = parser.parse_args(argv)
     if args.interval <= 0:
         parser.error("--interval must be more than 0")
@@ -287,8 +288,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-    logging.basicConfig(level=args.log_level, format=stamp + "%(levelname)s %(message)s")
+    _daemon.setup_logging(args.log_level)
     log = logging.getLogger("skynet-consul-sd")
     if not os.path.isdir(args.output_dir):
         log.error("the output directory %s does not exist", args.output_dir)

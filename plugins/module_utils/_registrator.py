@@ -9,7 +9,7 @@ one Consul registration per published port, in the shape skynet_compute register
 
 The first half of this file is pure (inspect data in, registrations and changes out); the
 second half is the daemon around it: Docker events, periodic resyncs, backoff, metrics.
-``roles/registrator/files/skynet-registrator`` runs ``main()``.
+``skynet-registrator`` (_daemon.py, from the runtime role's copy of the collection) runs ``main()``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _docker_api, _names
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _daemon, _docker_api, _names
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import (
     COLOR_LABEL,
     HOST_LABEL,
@@ -870,7 +870,7 @@ def parse_args(argv=None):
         "--stats-interval", type=float, default=10.0, help="seconds between polls of container stats; 0: off"
     )
     parser.add_argument("--stats-timeout", type=float, default=5.0, help="seconds one poll of container stats may take")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _daemon.add_log_level(parser)
     args = parser.parse_args(argv)
     if args.resync_interval <= 0:
         parser.error("--resync-interval must be more than 0")
@@ -895,9 +895,7 @@ def connect_consul(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    # Under systemd the journal stamps every line already.
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-    logging.basicConfig(level=args.log_level, format=stamp + "%(levelname)s %(message)s")
+    _daemon.setup_logging(args.log_level)
     log = logging.getLogger("skynet-registrator")
     for ok, lib, error in (
         (HAS_DOCKER, "docker", DOCKER_IMPORT_ERROR),

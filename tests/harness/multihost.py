@@ -21,7 +21,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,8 +29,7 @@ from pathlib import Path
 import requests
 
 from .proc import HarnessError, Process, wait_for
-from .product import REGISTRATOR
-from .stack import CONTAINERS_CONF, ROOT, TOOLS, HAProxy, Stack, _which, admin_command
+from .stack import CONTAINERS_CONF, DAEMON_ENV, TOOLS, HAProxy, Stack, _which, admin_command, daemon
 
 PREFIX = "skyb"
 LOCK = Path("/run/lock/skynet-multihost.lock")
@@ -570,8 +568,7 @@ class MultiHost:
 
     def _start_registrator(self, host: Host):
         argv = [
-            sys.executable,
-            REGISTRATOR,
+            *daemon("skynet-registrator"),
             f"--docker-host={host.docker_host}",
             f"--consul-url={host.consul_url}",
             f"--advertise-address={host.address}",
@@ -580,7 +577,7 @@ class MultiHost:
             f"--stats-interval={self.stats_interval}",
             "--resync-interval=5",
         ]
-        host.registrator = host.start("registrator", argv, env={"PYTHONPATH": str(ROOT / ".build" / "collections")})
+        host.registrator = host.start("registrator", argv, env=DAEMON_ENV)
 
         def in_step():
             m = _metrics(host.metrics_url)

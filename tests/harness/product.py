@@ -16,12 +16,7 @@ import yaml
 from .ansible import run_playbook
 from .proc import free_port
 from .prometheus_role import render, render_rules
-from .stack import ROOT, Alertmanager, Consul, Engine, Prometheus, Stack
-
-REGISTRATOR = ROOT / "roles" / "registrator" / "files" / "skynet-registrator"
-ACTIVATOR = ROOT / "roles" / "haproxy" / "files" / "skynet-activator"
-WATCHER = ROOT / "roles" / "autoscaler" / "files" / "skynet-watcher"
-COLLECTIONS = ROOT / ".build" / "collections"
+from .stack import COLLECTIONS, DAEMON_ENV, ROOT, Alertmanager, Consul, Engine, Prometheus, Stack, daemon
 
 
 def activator_dir(stack: Stack) -> str:
@@ -46,8 +41,7 @@ def start_activator(stack: Stack, consul: Consul, services: list, socket_dir: st
     }
     path = stack.path("activator", "activator.json")
     path.write_text(json.dumps(config))
-    argv = [sys.executable, ACTIVATOR, f"--config={path}"]
-    proc = stack.start("activator", argv, env={"PYTHONPATH": str(COLLECTIONS)})
+    proc = stack.start("activator", [*daemon("skynet-activator"), f"--config={path}"], env=DAEMON_ENV)
     proc.wait_ready(lambda: requests.get(f"http://{address}/metrics", timeout=2).ok, timeout=30)
     return address
 
@@ -58,8 +52,8 @@ def start_watcher(stack: Stack, consul: Consul, command: list, services: list, n
     config = {"consul_url": consul.url, "command": command, "services": services, "listen": address}
     path = stack.path(name, "watcher.json")
     path.write_text(json.dumps(config))
-    env = {"PYTHONPATH": str(COLLECTIONS), "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS), "ANSIBLE_NOCOLOR": "1"}
-    proc = stack.start(name, [sys.executable, WATCHER, f"--config={path}", "--log-level=debug"], env=env)
+    env = {**DAEMON_ENV, "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS), "ANSIBLE_NOCOLOR": "1"}
+    proc = stack.start(name, [*daemon("skynet-watcher"), f"--config={path}", "--log-level=debug"], env=env)
     proc.wait_ready(lambda: requests.get(f"http://{address}/metrics", timeout=2).ok, timeout=30)
     return address
 
@@ -68,8 +62,7 @@ def start_registrator(stack: Stack, engine: Engine, consul: Consul, stats_interv
     """skynet-registrator on the engine, as the registrator role runs it; the HOST:PORT of its /metrics."""
     address = f"127.0.0.1:{free_port()}"
     argv = [
-        sys.executable,
-        REGISTRATOR,
+        *daemon("skynet-registrator"),
         f"--docker-host={engine.docker_host}",
         f"--consul-url={consul.url}",
         "--host-id=registrator-1",
@@ -77,7 +70,7 @@ def start_registrator(stack: Stack, engine: Engine, consul: Consul, stats_interv
         f"--stats-interval={stats_interval}",
         "--resync-interval=5",
     ]
-    proc = stack.start("registrator", argv, env={"PYTHONPATH": str(ROOT / ".build" / "collections")})
+    proc = stack.start("registrator", argv, env=DAEMON_ENV)
     proc.wait_ready(lambda: requests.get(f"http://{address}/metrics", timeout=2).ok, timeout=30)
     return address
 

@@ -17,7 +17,7 @@ import requests
 import yaml
 
 from .proc import free_port, wait_for
-from .stack import ROOT, TOOLS, Stack
+from .stack import DAEMON_ENV, ROOT, TOOLS, Stack, daemon
 
 ROLE = ROOT / "roles" / "prometheus"
 RECEIVER = "skynet"  # the one receiver of the role's alertmanager.yml
@@ -102,11 +102,13 @@ class Rendered:
 
 
 def render(workdir: Path, variants: dict) -> dict:
-    """Renders the role's configuration of each variant (name: variables) into workdir/NAME in one run."""
+    """Renders the role's configuration of each variant (name: variables) into workdir/NAME in one run;
+    skynet-consul-sd's command is the runtime role's, run from this checkout."""
     for name, variables in variants.items():
         etc = workdir / name / "etc"
         (etc / "rules").mkdir(parents=True, exist_ok=True)
-        (workdir / f"{name}.json").write_text(json.dumps({"prometheus_config_dir": str(etc), **variables}))
+        own = {"prometheus_config_dir": str(etc), "_prometheus_consul_sd_launcher": daemon("skynet-consul-sd")}
+        (workdir / f"{name}.json").write_text(json.dumps({**own, **variables}))
     playbook = workdir / "render.yml"
     playbook.write_text(PLAYBOOK.replace("@ROLE@", str(ROLE)).replace("@WORKDIR@", str(workdir)))
     ansible_playbook(playbook, ",".join(variants) + ",")
@@ -163,8 +165,7 @@ class Monitoring:
             lambda: requests.get(f"http://{am}/-/ready", timeout=2).ok
         )
         if consul_sd and not rendered.commands["consul_sd_enabled"]:
-            env = {"PYTHONPATH": str(ROOT / ".build" / "collections")}
-            stack.start("skynet-consul-sd", rendered.commands["consul_sd"], env=env)
+            stack.start("skynet-consul-sd", rendered.commands["consul_sd"], env=DAEMON_ENV)
         argv = rendered.commands["prometheus"]
         if rendered.commands["consul_sd_enabled"]:
             # Debian's Prometheus has no consul_sd_configs; this build has (bullseye's).

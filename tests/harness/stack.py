@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -26,6 +27,14 @@ from .proc import HarnessError, Process, free_port, wait_for
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".tools" / "bin"
 CONTAINERS_CONF = Path(__file__).with_name("containers.conf")
+COLLECTIONS = ROOT / ".build" / "collections"
+# The environment the daemons run in: the collection link of `make collection-link` on the path.
+DAEMON_ENV = {"PYTHONPATH": str(COLLECTIONS)}
+
+
+def daemon(name: str) -> list:
+    """The argv of a Skynet daemon as the runtime role's bin/NAME runs it (plugins/module_utils/_daemon.py)."""
+    return [sys.executable, "-m", "ansible_collections.cyberdyne.skynet.plugins.module_utils._daemon", name]
 
 
 def _get_ok(url: str, **kw) -> bool:

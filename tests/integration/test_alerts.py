@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -24,11 +23,9 @@ import yaml
 from harness.proc import free_port, wait_for
 from harness.product import activator_dir
 from harness.prometheus_role import Monitoring, Receiver, ansible_playbook, loopback_variables, render
-from harness.stack import ROOT, TOOLS
+from harness.stack import DAEMON_ENV, ROOT, TOOLS, daemon
 
 AUTOSCALE = ROOT / "playbooks" / "autoscale.yml"
-REGISTRATOR = ROOT / "roles" / "registrator" / "files" / "skynet-registrator"
-ACTIVATOR = ROOT / "roles" / "haproxy" / "files" / "skynet-activator"
 EXPORT_TASK = "Export the cycle's own metrics for node_exporter's textfile collector"
 
 # Short enough for a test, in the same relations as the defaults.
@@ -274,12 +271,11 @@ def test_the_autoscale_playbook_itself_feeds_the_alerts(stack, setup, receiver, 
 
 def registrator(stack, name, docker_host, consul_url, metrics_port):
     argv = [
-        sys.executable,
-        REGISTRATOR,
+        *daemon("skynet-registrator"),
         *("--docker-host", docker_host, "--consul-url", consul_url, "--host-id", name),
         *("--resync-interval", "2", "--metrics-address", f"127.0.0.1:{metrics_port}"),
     ]
-    proc = stack.start(f"registrator-{name}", argv, env={"PYTHONPATH": str(ROOT / ".build" / "collections")})
+    proc = stack.start(f"registrator-{name}", argv, env=DAEMON_ENV)
     proc.wait_ready(lambda: requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).ok)
     return f"127.0.0.1:{metrics_port}"
 
@@ -331,8 +327,8 @@ def activator(stack, name, consul_url, metrics_port, service):
             }
         )
     )
-    argv = [sys.executable, ACTIVATOR, f"--config={config}"]
-    proc = stack.start(f"activator-{name}", argv, env={"PYTHONPATH": str(ROOT / ".build" / "collections")})
+    argv = [*daemon("skynet-activator"), f"--config={config}"]
+    proc = stack.start(f"activator-{name}", argv, env=DAEMON_ENV)
     proc.wait_ready(lambda: requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).ok)
     return f"{sockets}/{service}_blue.sock"
 

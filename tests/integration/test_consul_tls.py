@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import requests
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _registrator
 
-from harness.ansible import ROOT, run_module
+from harness.ansible import run_module
+from harness.stack import DAEMON_ENV, daemon
 
 
 def test_the_agent_answers_https_only_with_its_ca(tls_consul):
@@ -39,9 +39,8 @@ def test_a_module_reads_consul_over_https_with_the_ca_and_refuses_it_without(tls
 
 def test_skynet_consul_sd_writes_the_targets_over_https_with_the_ca(tmp_path, tls_consul):
     consul, name = tls_consul
-    script = ROOT / "roles" / "prometheus" / "files" / "skynet-consul-sd"
-    argv = [sys.executable, str(script), f"--consul-url={consul.https_url}", f"--output-dir={tmp_path}", "--once"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / ".build" / "collections")}
+    argv = [*daemon("skynet-consul-sd"), f"--consul-url={consul.https_url}", f"--output-dir={tmp_path}", "--once"]
+    env = {**os.environ, **DAEMON_ENV}
     run = subprocess.run(
         [*argv, f"--ca-file={consul.ca_file}"], capture_output=True, text=True, env=env, timeout=60, check=False
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import uuid
 from functools import partial
 
@@ -17,7 +16,7 @@ import requests
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul_sd import Catalog, ConsulSdError, sync
 
 from harness.proc import free_port, wait_for
-from harness.prometheus_role import ROLE, Monitoring, Receiver, loopback_variables, render
+from harness.prometheus_role import Monitoring, Receiver, loopback_variables, render
 
 
 def check(*argv: str) -> subprocess.CompletedProcess:
@@ -57,8 +56,6 @@ def rendered(tmp_path_factory, consul, receiver, unique_module):
             prometheus_consul_sd_interval=1,
             prometheus_alert_instance_down_for="1s",
             prometheus_services=[{"name": unique_module(name), "scaling": {"min": 1, "max": 3}}],
-            _prometheus_consul_sd_python=sys.executable,
-            _prometheus_consul_sd_script=str(ROLE / "files" / "skynet-consul-sd"),
         )
     return render(workdir, variants)
 

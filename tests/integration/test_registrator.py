@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -23,9 +22,10 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import 
 
 from harness.images import build_sample_image
 from harness.proc import HarnessError, free_port, wait_for
+from harness.stack import DAEMON_ENV
+from harness.stack import daemon as daemon_argv
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "roles" / "registrator" / "files" / "skynet-registrator"
 TOKEN = "t0p-s3cret-registrator"
 FOLLOW_LIMIT = 2.0
 
@@ -50,8 +50,7 @@ class Daemon:
     def start(self):
         self.starts += 1
         argv = [
-            sys.executable,
-            SCRIPT,
+            *daemon_argv("skynet-registrator"),
             "--docker-host",
             self.engine.docker_host,
             "--consul-url",
@@ -65,7 +64,7 @@ class Daemon:
             "--metrics-address",
             f"127.0.0.1:{self.metrics_port}",
         ]
-        env = {"PYTHONPATH": str(ROOT / ".build" / "collections"), "CONSUL_HTTP_TOKEN": TOKEN}
+        env = {**DAEMON_ENV, "CONSUL_HTTP_TOKEN": TOKEN}
         self.process = self.stack.start(f"registrator-{self.starts}", argv, env=env)
         # Ready once in step and following: a container started before the event stream is
         # connected is found by the resync that follows the connection, not by its event.

@@ -15,10 +15,9 @@ import requests
 
 from harness.ansible import run_module
 from harness.proc import free_port, wait_for
-from harness.stack import remove_containers
+from harness.stack import DAEMON_ENV, daemon, remove_containers
 
 ROOT = Path(__file__).resolve().parents[3]
-REGISTRATOR = ROOT / "roles" / "registrator" / "files" / "skynet-registrator"
 COMPUTE = "cyberdyne.skynet.skynet_compute"
 SCALE = "cyberdyne.skynet.skynet_scale"
 BLUEGREEN = "cyberdyne.skynet.skynet_bluegreen"
@@ -153,11 +152,10 @@ def test_the_registrator_refuses_fuzzed_names_counts_them_and_keeps_running(
     stack, consul, engine, docker_client, sample_image, unique
 ):
     port, host_id = free_port(), unique("host")
-    argv = [sys.executable, REGISTRATOR, "--docker-host", engine.docker_host, "--consul-url", consul.url,
+    argv = [*daemon("skynet-registrator"), "--docker-host", engine.docker_host, "--consul-url", consul.url,
             "--host-id", host_id, "--resync-interval", "1", "--metrics-address", f"127.0.0.1:{port}"]  # fmt: skip
-    env = {"PYTHONPATH": str(ROOT / ".build" / "collections")}
-    daemon = stack.start("registrator-names", argv, env=env)
-    daemon.wait_ready(lambda: registrator_metrics(port).get("skynet_registrator_resyncs_total", 0) >= 1)
+    registrator = stack.start("registrator-names", argv, env=DAEMON_ENV)
+    registrator.wait_ready(lambda: registrator_metrics(port).get("skynet_registrator_resyncs_total", 0) >= 1)
 
     bad = [
         ({"SERVICE_NAME": "we\nb"}, {}),
@@ -196,7 +194,7 @@ def test_the_registrator_refuses_fuzzed_names_counts_them_and_keeps_running(
         metrics = registrator_metrics(port)
         assert metrics["skynet_registrator_rejected_total"] == len(bad)
         assert metrics["skynet_registrator_rejected"] == len(bad)
-        assert daemon.alive()
+        assert registrator.alive()
 
         catalog = set(consul.api("GET", "catalog/services"))
         assert catalog - catalog_before == {good}
@@ -206,7 +204,7 @@ def test_the_registrator_refuses_fuzzed_names_counts_them_and_keeps_running(
             if (e.get("Meta") or {}).get("skynet_registrator") == host_id
         ]
         assert [e["Service"] for e in mine] == [good]
-        log = daemon.log.read_text()
+        log = registrator.log.read_text()
         for env_vars, labels in bad:
             short = started[bad.index((env_vars, labels))].id[:12]
             assert "not registering container " in log and f"({short})" in log, log
@@ -214,7 +212,7 @@ def test_the_registrator_refuses_fuzzed_names_counts_them_and_keeps_running(
         print(f"registrator: {len(bad)} containers refused and counted once, {good} registered, daemon alive")
     finally:
         remove_containers(started)
-        daemon.stop()
+        registrator.stop()
         for entry in consul.api("GET", "agent/services").values():
             if (entry.get("Meta") or {}).get("skynet_registrator") == host_id:
                 consul.api("PUT", f"agent/service/deregister/{entry['ID']}")
