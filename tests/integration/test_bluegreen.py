@@ -143,8 +143,8 @@ def prometheus_for(stack, nodes):
     )
 
 
-def run_playbook(extra_vars, tmp_path):
-    out = playbook_run("bluegreen", extra_vars, tmp_path, timeout=300)
+def run_playbook(extra_vars, tmp_path, inventory="localhost,"):
+    out = playbook_run("bluegreen", extra_vars, tmp_path, timeout=300, inventory=inventory)
     return out.returncode, out.stdout + out.stderr
 
 
@@ -215,19 +215,19 @@ def test_release_under_load_switches_both_nodes_without_a_failed_request(
     assert kv(consul, f"skynet/bluegreen/{name}/release")["phase"] == "done"
     assert [h["phase"] for h in kv(consul, f"skynet/bluegreen/{name}/history")] == ["done"]
 
-    # The same release again, from the playbook as AWX runs it, with the image from the definition.
+    # The same release again, from the playbook as AWX runs it: the survey's answers as extra vars, the
+    # definitions and connection settings from the inventory (which the playbook's defaults must not outrank),
+    # the image from the definition.
     definition = {**release["service"], "images": {"2": sample_image["2"]}, "bluegreen": {"scale_down_delay": 1}}
-    rc, out = run_playbook(
-        {
-            "service": name,
-            "version": "2",
-            "skynet_services": [definition],
-            "skynet_consul_url": consul.url,
-            "skynet_docker_host": args["docker_host"],
-            "skynet_haproxy_nodes": args["haproxy"],
-        },
-        tmp_path,
-    )
+    settings = {
+        "skynet_services": [definition],
+        "skynet_consul_url": consul.url,
+        "skynet_docker_host": args["docker_host"],
+        "skynet_haproxy_nodes": args["haproxy"],
+    }
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(json.dumps({"all": {"hosts": {"localhost": settings}}}))
+    rc, out = run_playbook({"service": name, "version": "2"}, tmp_path, inventory=str(inventory))
     assert rc == 0, out
     assert "changed=0" in out and "failed=0" in out, out
     assert f"already runs {sample_image['2']} on its live color green" in out

@@ -4,6 +4,8 @@ it; an invalid record holds the service with an error naming it, and nothing is 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import requests
 
@@ -115,13 +117,16 @@ def test_bad_input_is_refused_before_anything_is_written(consul, args, message):
 
 def test_the_playbook_records_who_aws_names_and_the_status_playbook_shows_it(consul, service, tmp_path):
     name, _common, _image = service
-    connection = {"skynet_consul_url": consul.url}
-    asked = {**connection, "service": name, "state": "paused", "reason": "INC-9 failover", "awx_user_name": "carol"}
-    run = run_playbook("control", asked, tmp_path)
+    # The connection comes from the inventory, as an AWX inventory gives it: the playbooks' own defaults must
+    # not outrank it.
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(json.dumps({"all": {"hosts": {"localhost": {"skynet_consul_url": consul.url}}}}))
+    asked = {"service": name, "state": "paused", "reason": "INC-9 failover", "awx_user_name": "carol"}
+    run = run_playbook("control", asked, tmp_path, inventory=str(inventory))
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"{name}: paused by carol (INC-9 failover)" in run.stdout
-    status = run_playbook("status", {**connection, "skynet_status_names": [name]}, tmp_path)
+    status = run_playbook("status", {"skynet_status_names": [name]}, tmp_path, inventory=str(inventory))
     assert status.returncode == 0, status.stdout + status.stderr
     assert f"{name}: autoscaling paused by carol (INC-9 failover) " in status.stdout
-    resumed = run_playbook("control", {**connection, "service": name, "state": "resumed"}, tmp_path)
+    resumed = run_playbook("control", {"service": name, "state": "resumed"}, tmp_path, inventory=str(inventory))
     assert resumed.returncode == 0 and "autoscaling resumed" in resumed.stdout
