@@ -220,7 +220,8 @@ class Ec2Driver(ComputeDriver):
         placed = [_placement.Placed(i.host, i.id, i.service, i.created) for i in self.list(spec.service)]
         chosen = _placement.place(hosts, placed, spec.service, 1)
         if not chosen.hosts:
-            raise SkynetError(f"{self._where()}: {chosen.reason}")
+            refused = "".join(f"; subnet {s} refused: {why}" for s, why in sorted(self.down.items()))
+            raise SkynetError(f"{self._where()}: {chosen.reason}{refused}")
         return chosen.hosts[0]
 
     def choose_removals(self, candidates, n, scale_in="newest_first"):
