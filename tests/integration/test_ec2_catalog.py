@@ -130,8 +130,12 @@ def test_an_instance_on_its_own_node_outlives_the_agent_the_module_talked_to(sta
 
         agent.process.signal(signal.SIGKILL)
         agent.process.stop()
-        members = lambda: {m["Name"]: m["Status"] for m in server.api("GET", "agent/members")}  # noqa: E731
-        wait_for(lambda: members().get("consul-agent") == 4, 30, "the agent to be seen failed")
+        failed = 4  # a member's serf status: failed, as a crashed agent is
+
+        def status():
+            return {m["Name"]: m["Status"] for m in server.api("GET", "agent/members")}.get("consul-agent")
+
+        wait_for(lambda: status() == failed, 30, "the agent to be seen failed")
         server.api("PUT", "agent/force-leave/consul-agent")
         wait_for(lambda: server.api("GET", "catalog/node/consul-agent") is None, 30, "the agent's node to be reaped")
 
