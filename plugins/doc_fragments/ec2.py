@@ -56,4 +56,16 @@ options:
   user_data:
     description: User data (for example a cloud-init script) the instances start with, as plain text.
     type: str
+  ec2_health:
+    description:
+      - Who runs the health checks of the instances. Each instance is a node of its own in the Consul catalog
+        (an external node, no agent of ours runs on it), so no Consul agent runs its check.
+      - V(skynet) probes each instance (the HTTP GET or TCP connect of its check, with the check's timeout)
+        whenever a Skynet module runs (every autoscale cycle; while waiting for new instances) and writes the
+        status to the catalog when it changed. Statuses are then as fresh as the autoscale cycle period.
+      - V(esm) leaves it to consul-esm, which the operator runs; it probes every check interval.
+      - A key of a C(type=ec2) compute of O(computes) too.
+    type: str
+    choices: [skynet, esm]
+    default: skynet
 """

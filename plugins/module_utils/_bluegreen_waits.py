@@ -59,6 +59,7 @@ class Waiter:
         deadline = self.monotonic() + timeout
         ids = [i.id for i in instances]
         while True:
+            self.registry.keep_checked(instances)
             statuses = self.registry.statuses(service)
             waiting = [i for i in ids if statuses.get(i) != "passing"]
             if not waiting:

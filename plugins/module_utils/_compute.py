@@ -32,6 +32,9 @@ class Instance:
     state: str = "running"
     host: str = ""  # the pool host (or EC2 subnet) it runs on
     zone: str = ""
+    # Who runs its Consul check: "agent" (it is registered on a Consul agent, which runs it), or, for an
+    # instance with no agent of ours (EC2: a node of its own in the catalog), "skynet" or "esm" (consul-esm).
+    checked_by: str = "agent"
 
     def as_dict(self):
         return asdict(self)

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _names
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._external import PROBERS
 
 DEFAULT = "default"
 TYPES = ("docker", "ec2")
 HOST_KEYS = {"name", "url", "tls", "address", "bind_address", "consul_url", "zone", "capacity"}
 TLS_KEYS = {"ca_cert", "client_cert", "client_key", "verify"}
 EC2_KEYS = {"type", "region", "endpoint_url", "profile", "instance_type", "subnets", "security_groups", "key_name"}
-EC2_KEYS |= {"user_data", "subnet_id"}
+EC2_KEYS |= {"user_data", "subnet_id", "ec2_health"}
 SECRET_KEYS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "secret_key", "access_key"}
 
 
@@ -121,6 +122,11 @@ def _ec2(name, raw):
     if unknown:
         raise SkynetError(
             f"computes.{name} has unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(EC2_KEYS))})"
+        )
+    if raw.get("ec2_health") is not None and raw["ec2_health"] not in PROBERS:
+        raise SkynetError(
+            f"computes.{name}.ec2_health {raw['ec2_health']!r} is not one of {', '.join(PROBERS)} "
+            "(who runs the health checks of its instances)"
         )
     subnets = []
     for n, s in enumerate(raw.get("subnets") or ()):

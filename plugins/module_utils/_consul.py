@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from urllib.parse import urlsplit
 
@@ -12,6 +13,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import Sk
 try:
     import consul
     import requests
+    from consul.callback import CB
 
     HAS_CONSUL = True
     CONSUL_IMPORT_ERROR = None
@@ -68,6 +70,13 @@ def connect(params):
     )
     client.skynet_url = url
     return client
+
+
+def put_json(client, path, body):
+    """PUT of a JSON body to /v1/<path> as it is (in the client's datacenter); True on success."""
+    if client.dc:
+        body = {**body, "Datacenter": client.dc}
+    return client.http.put(CB.boolean(), f"/v1/{path}", data=json.dumps(body), headers=client.prepare_headers())
 
 
 def describe_failure(client, error):

@@ -58,6 +58,8 @@ def rules(component, node, services=(), prefixes=()):
             'agent_prefix "" { policy = "read" }',
             'session_prefix "" { policy = "write" }',
             'key_prefix "skynet/" { policy = "write" }',
+            # EC2 instances are external nodes of the catalog named after them (i-...), written by the autoscaler.
+            'node_prefix "i-" { policy = "write" }',
             *write,
         ),
     }

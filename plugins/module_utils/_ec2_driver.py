@@ -18,6 +18,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import (
     Spec,
 )
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import HostUnavailable, SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._external import PROBERS, SKYNET
 
 try:
     import boto3
@@ -52,6 +53,7 @@ def ec2_argument_spec():
         security_groups=dict(type="list", elements="str", default=[]),
         key_name=dict(type="str", no_log=False),
         user_data=dict(type="str"),
+        ec2_health=dict(type="str", choices=list(PROBERS), default=SKYNET),
     )
 
 
@@ -92,8 +94,9 @@ def tag_filters(service, color=None):
     return filters
 
 
-def to_instance(described):
-    """An Instance from one entry of describe_instances' Reservations[].Instances[]."""
+def to_instance(described, checked_by=SKYNET):
+    """An Instance from one entry of describe_instances' Reservations[].Instances[]; checked_by: who runs its
+    Consul check (ec2_health)."""
     tags = {t["Key"]: t["Value"] for t in described.get("Tags") or ()}
     created = tags.get(CREATED_TAG)
     if created is None:
@@ -110,12 +113,13 @@ def to_instance(described):
         state=instance_state((described.get("State") or {}).get("Name", "")),
         host=described.get("SubnetId") or "",
         zone=(described.get("Placement") or {}).get("AvailabilityZone") or "",
+        checked_by=checked_by,
     )
 
 
 # AWS error codes of a run_instances that the subnet (or its zone) refuses, where another subnet may succeed.
 SUBNET_FAILURES = frozenset(
-    {"InsufficientInstanceCapacity", "InsufficientFreeAddressesInSubnet", "Unsupported", "InvalidSubnetID"}
+    {"InsufficientInstanceCapacity", "InsufficientFreeAddressesInSubnet", "Unsupported", "InvalidSubnetID.NotFound"}
 )
 
 
@@ -154,6 +158,7 @@ class Ec2Driver(ComputeDriver):
         delay=5,
         client=None,
         subnets=(),
+        ec2_health=SKYNET,
     ):
         self.endpoint_url = endpoint_url
         self.region = region
@@ -167,6 +172,10 @@ class Ec2Driver(ComputeDriver):
         self.user_data = user_data
         self.wait_timeout = wait_timeout
         self.delay = delay
+        ec2_health = ec2_health or SKYNET
+        if ec2_health not in PROBERS:
+            raise SkynetError(f"ec2_health {ec2_health!r} is not one of {', '.join(PROBERS)}")
+        self.ec2_health = ec2_health
         if client is not None:
             self.client = client
             self.region = region or client.meta.region_name
@@ -211,7 +220,8 @@ class Ec2Driver(ComputeDriver):
         placed = [_placement.Placed(i.host, i.id, i.service, i.created) for i in self.list(spec.service)]
         chosen = _placement.place(hosts, placed, spec.service, 1)
         if not chosen.hosts:
-            raise SkynetError(f"{self._where()}: {chosen.reason}")
+            refused = "".join(f"; subnet {s} refused: {why}" for s, why in sorted(self.down.items()))
+            raise SkynetError(f"{self._where()}: {chosen.reason}{refused}")
         return chosen.hosts[0]
 
     def choose_removals(self, candidates, n, scale_in="newest_first"):
@@ -275,7 +285,7 @@ class Ec2Driver(ComputeDriver):
             pages = self.client.get_paginator("describe_instances").paginate(Filters=tag_filters(service, color))
             for page in pages:
                 for reservation in page["Reservations"]:
-                    instances.extend(to_instance(i) for i in reservation["Instances"])
+                    instances.extend(to_instance(i, self.ec2_health) for i in reservation["Instances"])
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
             raise self._fail(f"list the instances of {service or 'every service'}", e) from e
         return sorted(instances, key=lambda i: (i.created, i.id))
@@ -314,7 +324,7 @@ class Ec2Driver(ComputeDriver):
         try:
             self._wait_running(instance_id)
             described = self.client.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
-            instance = to_instance(described)
+            instance = to_instance(described, self.ec2_health)
             if not instance.address:
                 raise SkynetError(f"{self._where()}: instance {instance_id} has no private IP to register")
             return instance

@@ -1,6 +1,9 @@
 # Copyright: Skynet developers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Instances in Consul: registration with a health check, drain (maintenance), health."""
+"""Instances in Consul: registration with a health check, drain (maintenance), health.
+
+An instance on a host with a Consul agent is registered on that agent. One with no agent of ours (EC2) is a
+node of its own in the catalog (see _external), whose check consul-esm runs, or Skynet (keep_checked)."""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ import functools
 import json
 import time
 
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul import describe_failure
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _external as ext
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul import describe_failure, put_json
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import kv_key
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._probe import probe_all
 
 TXN_OPS = 64  # the most operations Consul takes in one transaction
 
@@ -23,6 +28,11 @@ def _chunks(items, n):
 
 def _b64(value):
     return base64.b64encode(json.dumps(value).encode()).decode()
+
+
+def _stale(error):
+    """Whether a transaction was refused because a check-and-set found a newer index (HTTP 409)."""
+    return str(error.__cause__ or "").startswith("409")
 
 
 def _json(b64):
@@ -221,21 +231,92 @@ class Registry:
 
     def register(self, instance, health, tags=()):
         body = registration(instance, health, tags)
+        if ext.is_external(instance):
+            self._catalog_register(
+                f"register {body['ID']} on its node {instance.id}", ext.catalog_registration(body, instance.id)
+            )
+            return
         self.agent_call(instance, f"register {body['ID']}", lambda agent: register_call(agent, body))
+
+    def _catalog_register(self, what, body):
+        # py-consul's catalog.register sends node meta as a query filter, not in the body: the body goes as is.
+        self.call(what, put_json, self.client, "catalog/register", body)
 
     def deregister(self, instance):
         sid = service_id(instance)
+        if ext.is_external(instance):
+            # The node goes with its service and checks: no node is left behind.
+            self.call(f"deregister {sid} and its node {instance.id}", self.client.catalog.deregister, instance.id)
+            return
         self.agent_call(instance, f"deregister {sid}", lambda agent: agent.agent.service.deregister, sid)
 
     def drain(self, instance, reason="draining before scale-in"):
         """Takes the instance out of rotation: its health turns critical, so DNS and HAProxy drop it."""
         sid = service_id(instance)
-        self.agent_call(instance, f"drain {sid}", lambda agent: agent.agent.service.maintenance, sid, "true", reason)
+        if not ext.is_external(instance):
+            self.agent_call(
+                instance, f"drain {sid}", lambda agent: agent.agent.service.maintenance, sid, "true", reason
+            )
+            return
+        body = ext.maintenance_registration(instance.id, instance.address, sid, reason)
+        try:
+            self._catalog_register(f"drain {sid}", body)
+        except SkynetError:
+            # Consul refuses a check of a service it does not have: with no registration there is nothing to
+            # drain (an agent ignores maintenance of a service it does not know the same way).
+            if self.registered(instance):
+                raise
 
     def registered(self, instance):
-        """Whether the instance's own agent has a registration of it."""
-        services = self.agent_call(instance, "list the agent's services", lambda agent: agent.agent.services)
-        return any((s.get("Meta") or {}).get("skynet_instance") == instance.id for s in services.values())
+        """Whether the instance has a registration where it belongs: on its own agent, or on its own node."""
+        if ext.is_external(instance):
+            node = self.call(f"read node {instance.id}", self.client.catalog.node, instance.id)[1]
+            services = ((node or {}).get("Services") or {}).values()
+        else:
+            services = self.agent_call(
+                instance, "list the agent's services", lambda agent: agent.agent.services
+            ).values()
+        return any((s.get("Meta") or {}).get("skynet_instance") == instance.id for s in services)
+
+    def keep_checked(self, instances, parallel=16):
+        """Runs the checks of those instances Skynet checks (external nodes without consul-esm) and writes each
+        status that changed, with a check-and-set on the check's ModifyIndex: a status that consul-esm or another
+        run wrote since is left as it is (the next run probes again). Writes nothing when nothing changed.
+        Returns the number of statuses written."""
+        mine = [i for i in instances if getattr(i, "checked_by", ext.AGENT) == ext.SKYNET]
+        if not mine:
+            return 0
+        nodes, services = {i.id for i in mine}, sorted({i.service for i in mine})
+        external = {"external-node": "true"}
+        if len(services) == 1:
+            what, read, args = f"read the checks of {services[0]}", self.client.health.checks, (services[0],)
+        else:
+            what, read, args = "read the checks of the external nodes", self.client.health.state, ("any",)
+        found = self.call(what, read, *args, node_meta=external)[1]
+        checks = [c for c in found or () if c.get("Node") in nodes and ext.probe_target(c)]
+        probed = probe_all({(c["Node"], c["CheckID"]): ext.probe_target(c) for c in checks}, parallel)
+        writes = ext.changes(checks, probed)
+        return len(writes) - self._transact(ext.cas_ops(writes), "write the health of external nodes")
+
+    def _transact(self, ops, what):
+        """Applies ops TXN_OPS per transaction; one refused by a stale check-and-set is applied an op at a time,
+        so that only the stale ones are left out. Returns how many were left out."""
+        refused = 0
+        for chunk in _chunks(ops, TXN_OPS):
+            try:
+                self.call(what, self.client.txn.put, chunk)
+                continue
+            except SkynetError as e:
+                if not _stale(e):
+                    raise
+            for op in chunk:
+                try:
+                    self.call(what, self.client.txn.put, [op])
+                except SkynetError as e:
+                    if not _stale(e):
+                        raise
+                    refused += 1
+        return refused
 
     def statuses(self, service):
         """{instance id: aggregated status} from the health endpoint (passing, warning, critical)."""
@@ -264,12 +345,14 @@ class Registry:
                 ids.append(meta.get("skynet_instance") or entry["Service"]["ID"])
         return ids
 
-    def wait_passing(self, service, ids, timeout, interval=0.5):
-        """Waits until every id is passing; returns the ids still not passing at the timeout."""
+    def wait_passing(self, service, instances, timeout, interval=0.5):
+        """Waits until every instance is passing (probing those Skynet checks); returns the ids still not passing
+        at the timeout."""
         deadline = time.monotonic() + timeout
         while True:
+            self.keep_checked(instances)
             statuses = self.statuses(service)
-            waiting = [i for i in ids if statuses.get(i) != "passing"]
+            waiting = [i.id for i in instances if statuses.get(i.id) != "passing"]
             if not waiting or time.monotonic() >= deadline:
                 return waiting
             time.sleep(interval)

@@ -220,7 +220,9 @@ class Autoscaler:
             self.hosts[compute] = self.host_failures.observe(compute, driver.unavailable(), now, record=record)
         values = self.measure(policies, parallel)
         drivers = {name: self.computes.drivers[compute] for name, compute in used.items()}
-        snapshot = CycleSnapshot(self.registry, self.prefix, self.lock_prefix, drivers)
+        snapshot = CycleSnapshot(
+            self.registry, self.prefix, self.lock_prefix, drivers, keep_checked=not (check_mode or dry_run)
+        )
         deferred = []  # holds decided on the snapshot: their state and decision, written in transactions
 
         def one(item):
@@ -443,6 +445,14 @@ class Autoscaler:
                 result["applied"] = True
             except SkynetError as e:
                 result["error"] = str(e)
+            known = {**hosts.in_grace, **hosts.lost}
+            failed = {h: why for h, why in driver.unavailable().items() if h not in known}
+            if failed:
+                # Hosts (EC2 subnets) that refused a start in this change: what they refused started elsewhere.
+                result["unavailable_hosts"] = {
+                    **result.get("unavailable_hosts", {}),
+                    **{h: {"reason": why, "failing_since": now, "lost": False} for h, why in sorted(failed.items())},
+                }
         try:
             lock.fence(f"recording the outcome for {name}")
             if result["error"]:

@@ -3,8 +3,9 @@
 """What one cycle reads about every service at once, so that a thousand holding services cost a few reads.
 
 One listing of the scale state keys and transactions reading them (TXN_OPS keys each), one recursive read
-of the blue/green records, the wake records and the locks, one read of every health check, one listing of every instance
-per compute (per host of a pool, side by side). A service whose decision needs a change is read again,
+of the blue/green records, the wake records and the locks, one listing of every instance per compute (per host
+of a pool, side by side), the probes of the instances whose checks Skynet runs (writing only the statuses that
+changed), then one read of every health check. A service whose decision needs a change is read again,
 live, under its lock: the snapshot only decides that nothing needs doing.
 """
 
@@ -50,20 +51,24 @@ class Reads:
 
 
 class CycleSnapshot:
-    def __init__(self, registry, state_prefix, lock_prefix, drivers):
+    def __init__(self, registry, state_prefix, lock_prefix, drivers, keep_checked=True):
         """State keys are <state_prefix>/<service>/state, locks <lock_prefix>/<service>; drivers: {service: the
-        driver of its compute}."""
+        driver of its compute}; keep_checked: whether to run the checks Skynet keeps (a run that changes nothing,
+        check mode or a dry run, does not)."""
         self.registry, self.state_prefix, self.drivers = registry, state_prefix.rstrip("/"), drivers
         wanted = {self.state_key(s) for s in drivers} | {self.control_key(s) for s in drivers}
         self.states = registry.read_many([k for k in registry.keys(self.state_prefix) if k in wanted])
         self.bluegreen = registry.read_json_tree(BLUEGREEN_PREFIX + "/")
         self.locked = self._locked(lock_prefix.rstrip("/"))
-        self.health = registry.health_all()
         self.wakes = registry.modify_indexes(_wake.PREFIX)
         self.instances = {}
         for driver in {id(d): d for d in drivers.values()}.values():
             for inst in driver.list(None):
                 self.instances.setdefault((id(driver), inst.service, inst.color), []).append(inst)
+        if keep_checked:
+            # The checks Skynet runs itself (EC2 without consul-esm) are run now, so the health read next is fresh.
+            registry.keep_checked([i for found in self.instances.values() for i in found if i.state == "running"])
+        self.health = registry.health_all()
 
     def state_key(self, service):
         return f"{self.state_prefix}/{service}/state"

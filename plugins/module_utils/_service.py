@@ -95,6 +95,8 @@ class ServiceConverger:
         running = [i for i in before if i.state == "running" and i not in discard]
         counted = [i for i in running if i.id not in desired.uncounted]
         dead = [i for i in before if i.state != "running"]
+        if not check_mode:
+            self.registry.keep_checked(running + discard)
         statuses = self.registry.statuses(spec.service)
         unregistered = [i for i in running if i.id not in statuses]
         target_image = spec.image if desired.state == "present" and desired.roll else None
@@ -151,9 +153,7 @@ class ServiceConverger:
             for inst in started:
                 self.registry.register(inst, desired.health, desired.tags)
             if desired.wait:
-                waiting = self.registry.wait_passing(
-                    desired.spec.service, [i.id for i in started], desired.wait_timeout
-                )
+                waiting = self.registry.wait_passing(desired.spec.service, started, desired.wait_timeout)
                 if waiting:
                     raise SkynetError(
                         f"{len(waiting)} new instance(s) of {desired.spec.service} ({', '.join(waiting)}) did not "

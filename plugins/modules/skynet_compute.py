@@ -152,13 +152,16 @@ EXAMPLES = r"""
 
 RETURN = r"""
 instances:
-  description: The instances of the service and color after the run.
+  description:
+    - The instances of the service and color after the run.
+    - C(checked_by) says who runs an instance's Consul check, V(agent) (the Consul agent it is registered on),
+      or, for an EC2 instance (a node of its own in the catalog), V(skynet) or V(esm) (O(ec2_health)).
   returned: always
   type: list
   elements: dict
   sample: [{"id": "3f2a9c1b7d10", "service": "web", "color": "blue", "image": "web:1.4",
             "address": "127.0.0.1", "port": 40123, "created": 1764090000.5, "state": "running",
-            "host": "docker-1", "zone": "a"}]
+            "host": "docker-1", "zone": "a", "checked_by": "agent"}]
 created:
   description: Ids of the instances started (predicted as C((new N)) in check mode).
   returned: always

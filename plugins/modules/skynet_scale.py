@@ -267,8 +267,10 @@ decisions:
       description:
         - Hosts of the service's compute that did not answer, each with C(reason), C(failing_since) and C(lost)
           (past O(host_grace), so its instances are replaced elsewhere).
+        - Also the hosts and EC2 subnets that refused a start in this cycle (an EC2 subnet with no capacity or no
+          address left, or gone), with C(lost=false); what they refused was started on the others.
       type: dict
-      returned: when a host of the compute did not answer
+      returned: when a host of the compute did not answer, or refused a start
     unreachable:
       description: Instances on hosts in their grace period, counted from the Consul catalog.
       type: list

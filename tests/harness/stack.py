@@ -118,9 +118,10 @@ class Stack:
 
     # -- components -------------------------------------------------------------------------
 
-    def consul(self, name: str = "consul", acl: bool = False, tls: bool = False) -> Consul:
+    def consul(self, name: str = "consul", acl: bool = False, tls: bool = False, join: Consul | None = None) -> Consul:
         """A dev agent; with acl, ACLs enabled with default deny and a management token (Consul.token); with
-        tls, HTTPS on Consul.https_url with a certificate of a CA made by `consul tls` (Consul.ca_file)."""
+        tls, HTTPS on Consul.https_url with a certificate of a CA made by `consul tls` (Consul.ca_file); with
+        join, a client agent (not -dev) in the cluster of that agent, as a host's agent is."""
         ports = {k: free_port() for k in ("http", "dns", "serf_lan", "serf_wan", "server")}
         https = free_port() if tls else -1
         config = {
@@ -137,6 +138,8 @@ class Stack:
             "enable_local_script_checks": False,
             "telemetry": {"prometheus_retention_time": "60s", "disable_hostname": True},
         }
+        if join is not None:
+            config.update(server=False, retry_join=[f"127.0.0.1:{join.serf_lan_port}"])
         token = str(uuid.uuid4()) if acl else None
         if acl:
             config["acl"] = {"enabled": True, "default_policy": "deny", "tokens": {"master": token, "agent": token}}
@@ -154,8 +157,9 @@ class Stack:
             )
         cfg = self.path(name, "consul.json")
         cfg.write_text(json.dumps(config))
-        proc = self.start(name, [binary, "agent", "-dev", f"-config-file={cfg}"])
+        proc = self.start(name, [binary, "agent", *(() if join else ("-dev",)), f"-config-file={cfg}"])
         c = Consul(proc, ports["http"], ports["dns"], token, https_port=https if tls else None, ca_file=ca_file)
+        c.serf_lan_port = ports["serf_lan"]
         proc.wait_ready(lambda: requests.get(f"{c.url}/v1/status/leader", timeout=2).json())
         if acl:
             # The dev server elects itself before its ACL system answers.
@@ -290,6 +294,7 @@ class Consul:
     token: str | None = None  # the management token when ACLs are on
     https_port: int | None = None  # with TLS: HTTPS there, with a certificate of the CA in ca_file
     ca_file: str | None = None
+    serf_lan_port: int = 0  # what another agent joins
 
     @property
     def url(self) -> str:

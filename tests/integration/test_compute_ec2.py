@@ -1,7 +1,8 @@
 """skynet_compute on EC2 (a real moto_server) and a real Consul, through Ansible.
 
-The private IPs moto hands out are not reachable, so health checks never pass: the tests run with
-`wait: false` and a TCP check, and assert what is registered rather than that it passes.
+The instances run in a subnet on loopback where nothing answers, so their checks (which Skynet runs: they are
+probed on loopback only) never pass: the tests run with `wait: false` and a TCP check, and assert what is
+registered rather than that it passes (test_ec2_catalog has instances that answer).
 """
 
 from __future__ import annotations
@@ -41,13 +42,21 @@ def amis(ec2):
     return sorted(i["ImageId"] for i in images if i["State"] == "available")[:2]
 
 
+@pytest.fixture(scope="module")
+def subnet(ec2):
+    """A subnet on loopback, so that the instances' checks probe nothing outside this machine."""
+    vpc = ec2.create_vpc(CidrBlock="127.0.56.0/24")["Vpc"]["VpcId"]
+    return ec2.create_subnet(VpcId=vpc, CidrBlock="127.0.56.0/24", AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
+
+
 @pytest.fixture
-def compute(moto, consul, ec2, unique):
+def compute(moto, consul, ec2, subnet, unique):
     """Arguments shared by every call for one service, and a cleanup that removes what is left."""
     service = unique("api")
     base = {
         "service": service,
         "compute": "ec2",
+        "subnet_id": subnet,
         "region": "us-east-1",
         "endpoint_url": moto.url,
         "aws_access_key_id": "testing",
@@ -64,15 +73,16 @@ def compute(moto, consul, ec2, unique):
     if left:
         ec2.terminate_instances(InstanceIds=left)
     for e in consul.api("GET", f"catalog/service/{service}"):
-        consul.api("PUT", f"agent/service/deregister/{e['ServiceID']}")
+        consul.api("PUT", "catalog/deregister", json={"Node": e["Node"]})
 
 
 def assert_registered(consul, ec2, service, ami):
-    """Every running instance is registered at its private IP and the service port, and nothing else is."""
+    """Every running instance is registered at its private IP and the service port, on a node of its own, and
+    nothing else is."""
     running = instances_of(ec2, service, ("pending", "running"))
     registered = registrations(consul, service)
     assert set(registered) == set(running)
-    checks = {c["ServiceID"]: c for c in consul.api("GET", "agent/checks").values() if c["ServiceName"] == service}
+    checks = {c["ServiceID"]: c for c in consul.api("GET", f"health/checks/{service}")}
     for iid, inst in running.items():
         tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
         assert tags["io.skynet.managed"] == "true"
@@ -87,7 +97,11 @@ def assert_registered(consul, ec2, service, ami):
         # The subnet it runs in is its host, as a pool's instances name theirs (placement spreads over subnets).
         where = {"skynet_host": inst["SubnetId"], "skynet_zone": inst["Placement"]["AvailabilityZone"]}
         assert entry["ServiceMeta"] == {"skynet_instance": iid, "skynet_color": "blue", "skynet_image": ami, **where}
-        assert checks[entry["ServiceID"]]["Type"] == "tcp"
+        assert entry["Node"] == iid and entry["Address"] == inst["PrivateIpAddress"]
+        assert entry["NodeMeta"] == {"external-node": "true", "external-probe": "true"}
+        assert checks[entry["ServiceID"]]["Definition"]["TCP"] == f"{inst['PrivateIpAddress']}:9090"
+    external = consul.api("GET", "catalog/nodes", params={"node-meta": "external-node:true"})
+    assert {n["Node"] for n in external} >= set(running)
     return running
 
 
@@ -135,6 +149,8 @@ def test_lifecycle(consul, ec2, amis, compute):
     assert gone["instances"] == []
     assert instances_of(ec2, service) == {}
     assert registrations(consul, service) == {}
+    removed = set(one["removed"]) | set(rolled["replaced"]) | set(gone["removed"])
+    assert [iid for iid in removed if consul.api("GET", f"catalog/node/{iid}")] == [], "a node left behind"
     assert not run_module(MODULE, {**compute, "state": "absent"})["changed"]
 
 

@@ -1,19 +1,16 @@
 """One skynet_scale cycle over two computes: a Docker pool (the real engine) and EC2 (a real moto_server).
 
 moto hands out private IPs from the subnet's CIDR. The VPC here is on loopback (127.0.55.0/24), and the
-test listens on every address its subnets can hand out, so Consul's TCP checks of the EC2 instances
+test listens on every address its subnets can hand out (harness.ec2), so the checks of the EC2 instances
 pass as they would in a VPC and the cycle waits for them as it does for containers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
-
 import pytest
 
 from harness.ansible import run_module
-from harness.proc import free_port
+from harness.ec2 import loopback_vpc
 
 SCALE = "cyberdyne.skynet.skynet_scale"
 COMPUTE = "cyberdyne.skynet.skynet_compute"
@@ -22,24 +19,11 @@ SUBNETS = {"us-east-1a": "127.0.55.0/28", "us-east-1b": "127.0.55.16/28"}
 
 @pytest.fixture(scope="module")
 def aws(moto):
-    """Two subnets in two zones of a VPC on loopback, and a listener on every address they hand out."""
+    """Two subnets in two zones of a VPC on loopback, every address they hand out answering."""
     ec2 = moto.boto3()
-    vpc = ec2.create_vpc(CidrBlock="127.0.55.0/24")["Vpc"]["VpcId"]
-    subnets = []
-    for zone, cidr in SUBNETS.items():
-        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=cidr, AvailabilityZone=zone)["Subnet"]["SubnetId"]
-        subnets.append({"id": subnet, "zone": zone})
-    port = free_port()
-    listeners = []
-    with contextlib.ExitStack() as stack:
-        for base in (0, 16):
-            for host in range(4, 15):
-                s = stack.enter_context(socket.socket())
-                s.bind((f"127.0.55.{base + host}", port))
-                s.listen(16)
-                listeners.append(s)
+    with loopback_vpc(ec2, "127.0.55.0/24", SUBNETS) as vpc:
         ami = sorted(i["ImageId"] for i in ec2.describe_images(Owners=["amazon"])["Images"])[0]
-        yield {"ec2": ec2, "subnets": subnets, "port": port, "ami": ami, "url": moto.url}
+        yield {"ec2": ec2, "subnets": vpc.subnets, "port": vpc.port, "ami": ami, "url": moto.url}
 
 
 def test_one_cycle_scales_a_docker_service_and_an_ec2_service_spread_over_subnets(

@@ -134,6 +134,7 @@ class FakeRegistry:
     """Health from the fake driver's instances; KV through the real Registry's code on the fake Consul."""
 
     read_json, write_json, read_versioned = Registry.read_json, Registry.write_json, Registry.read_versioned
+    keep_checked = Registry.keep_checked  # a no-op here: every instance is on an agent
 
     def __init__(self, driver, consul, unhealthy=()):
         self.driver, self.client, self.unhealthy = driver, consul, set(unhealthy)

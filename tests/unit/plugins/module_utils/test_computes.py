@@ -30,6 +30,8 @@ def test_a_docker_pool_and_an_ec2_compute_parse_with_their_hosts_and_subnets():
     assert defs["default"].hosts[1].address == "10.0.0.2"
     assert defs["aws"].subnets == (("subnet-1", "eu-west-1a"),)
     assert defs["aws"].options == {"region": "eu-west-1"}
+    esm = _computes.parse({"aws": {"type": "ec2", "ec2_health": "esm"}})["aws"]
+    assert esm.options == {"ec2_health": "esm"}
 
 
 def test_without_computes_the_single_endpoint_options_make_a_pool_of_one():
@@ -58,6 +60,10 @@ def test_without_computes_the_single_endpoint_options_make_a_pool_of_one():
         (
             {"aws": {"type": "ec2", "aws_secret_access_key": "s3cr3t"}},
             "credentials (aws_secret_access_key) do not belong",
+        ),
+        (
+            {"aws": {"type": "ec2", "ec2_health": "consul"}},
+            "computes.aws.ec2_health 'consul' is not one of skynet, esm (who runs the health checks",
         ),
     ],
 )

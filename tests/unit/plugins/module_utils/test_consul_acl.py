@@ -61,6 +61,11 @@ def test_each_component_gets_only_what_it_needs():
     scaler = of("autoscaler")
     assert 'key_prefix "skynet/" { policy = "write" }' in scaler and 'session_prefix "" { policy = "write" }' in scaler
     assert 'service "db" { policy = "write" }' in scaler and 'service_prefix "" { policy = "write" }' not in scaler
+    # its node writes are the EC2 instances' own nodes, named after them
+    assert [line for line in scaler.splitlines() if line.startswith("node")] == [
+        'node_prefix "" { policy = "read" }',
+        'node_prefix "i-" { policy = "write" }',
+    ]
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._ec2_driver impor
     tag_filters,
     to_instance,
 )
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import HostUnavailable, SkynetError
 from botocore.exceptions import ClientError
-from botocore.stub import Stubber
+from botocore.stub import ANY, Stubber
 
 SPEC = Spec(service="web", color="green", image="ami-0abc", port=8080, labels={"team": "ops", "io.skynet.color": "x"})
 LAUNCHED = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
@@ -91,7 +91,9 @@ def test_to_instance_reads_the_tags_and_the_private_ip():
         port=8080,
         created=1764090000.25,
         state="running",
+        checked_by="skynet",
     )
+    assert to_instance(described(tags=MANAGED_TAGS), checked_by="esm").checked_by == "esm"
 
 
 def test_to_instance_without_skynet_tags_falls_back_to_what_ec2_says():
@@ -169,6 +171,55 @@ def test_create_terminates_an_instance_that_never_runs(stubbed):
     )
     with pytest.raises(SkynetError, match=r"did not reach running within 2s \(last state: terminated \(no\)\)"):
         driver.create(SPEC)
+
+
+@pytest.mark.parametrize(
+    ("code", "subnet_failure"),
+    [
+        ("InsufficientInstanceCapacity", True),
+        ("InsufficientFreeAddressesInSubnet", True),
+        ("InvalidSubnetID.NotFound", True),
+        ("Unsupported", True),
+        ("InvalidAMIID.NotFound", False),
+        ("UnauthorizedOperation", False),
+        ("InstanceLimitExceeded", False),  # the account's limit: no other subnet does better
+    ],
+)
+def test_a_start_that_a_subnet_refuses_is_a_failure_of_that_subnet(code, subnet_failure):
+    error = Ec2Driver(client=boto3.client("ec2", region_name="eu-west-1"))._fail(
+        "run an instance", client_error(code, "no", "RunInstances")
+    )
+    assert isinstance(error, HostUnavailable) is subnet_failure
+    assert str(error) == f"EC2 in region eu-west-1 failed to run an instance: {code}: no"
+
+
+def test_a_subnet_that_refuses_a_start_is_skipped_and_the_next_one_takes_it():
+    client = boto3.client("ec2", region_name="eu-west-1", aws_access_key_id="k", aws_secret_access_key="s")
+    driver = Ec2Driver(client=client, wait_timeout=2, delay=1, subnets=[("subnet-a", "a"), ("subnet-b", "b")])
+    run = dict.fromkeys(("ImageId", "InstanceType", "MinCount", "MaxCount", "ClientToken", "TagSpecifications"), ANY)
+    with Stubber(client) as stubber:
+        stubber.add_response("describe_instances", {"Reservations": []})
+        stubber.add_client_error(
+            "run_instances",
+            "InvalidSubnetID.NotFound",
+            "The subnet ID 'subnet-a' does not exist",
+            expected_params={**run, "SubnetId": "subnet-a"},
+        )
+        stubber.add_response("describe_instances", {"Reservations": []})
+        stubber.add_response(
+            "run_instances",
+            {"Instances": [described("pending", tags=MANAGED_TAGS)]},
+            expected_params={**run, "SubnetId": "subnet-b"},
+        )
+        stubber.add_response("describe_instances", {"Reservations": [{"Instances": [described("running")]}]})
+        stubber.add_response("describe_instances", {"Reservations": [{"Instances": [described(tags=MANAGED_TAGS)]}]})
+        inst = driver.create(SPEC)
+        stubber.assert_no_pending_responses()
+    assert inst.id == "i-0123456789abcdef0"
+    assert driver.unavailable() == {
+        "subnet-a": "EC2 in region eu-west-1 failed to run an instance of web from ami-0abc: "
+        "InvalidSubnetID.NotFound: The subnet ID 'subnet-a' does not exist"
+    }
 
 
 def test_removing_an_instance_already_gone_is_not_an_error(stubbed):
