@@ -76,27 +76,24 @@ class PoolDriver(ComputeDriver):
         return SkynetError(f"compute {self.compute.name}: no Docker host answers ({why})")
 
     def check(self, spec=None):
-        self._each(lambda d: d.check(None))
+        def missing(driver):
+            # A missing image is the user's to fix, on every host: it is an error, not a host failure.
+            try:
+                driver.check(spec)
+            except ImageMissing:
+                return True
+            return False
+
+        found = self._each(missing)
+        lacking = [name for name in self.hosts if found.get(name)]
+        if lacking:
+            raise SkynetError(
+                f"image {spec.image!r} is not on the Docker API engine of host(s) {', '.join(lacking)} of compute "
+                f"{self.compute.name} ({', '.join(self.hosts[n].url for n in lacking)}): pull, load or "
+                "build it on every host of the pool first"
+            )
         if not self._up():
             raise self._no_host()
-        if spec is not None:
-            # A missing image is the user's to fix, on every host: it is an error, not a host failure.
-            missing = []
-            for name in self._up():
-                try:
-                    self.driver(name).check(spec)
-                except ImageMissing:
-                    missing.append(name)
-                except SkynetError as e:
-                    self.down.setdefault(name, str(e))
-            if missing:
-                raise SkynetError(
-                    f"image {spec.image!r} is not on the Docker API engine of host(s) {', '.join(missing)} of compute "
-                    f"{self.compute.name} ({', '.join(self.hosts[n].url for n in missing)}): pull, load or "
-                    "build it on every host of the pool first"
-                )
-            if not self._up():
-                raise self._no_host()
 
     def list(self, service, color=None):
         if service is None:
