@@ -89,11 +89,16 @@ def autoscale(workdir, variables):
     return seconds, result
 
 
+def pool_computes(base):
+    params = {**base, "compute": None}
+    return _drivers.make_computes(params, _drivers.parse(params))
+
+
 def cycle(mh, sizes):
     image = [build_sample_image(h.client(), "1") for h in mh.hosts].pop()
     prom = mh.stack.prometheus({"global": {"scrape_interval": "15s"}, "scrape_configs": []})
     base = {"computes": mh.computes(), "consul_url": mh.lb.consul_url}
-    computes = _drivers.make_computes({**base, "compute": None})
+    computes = pool_computes(base)
     consul = connect(base)
     scaler = Autoscaler(consul, Registry(consul, computes.agents), computes, PrometheusClient(prom.url))
     print(f"{'services':>8} {'hold (ansible)':>15} {'hold (in-process)':>18} {'change (ansible)':>17} {'changed':>8}")
@@ -147,7 +152,7 @@ def create(mh, sizes):
     consul = connect(base)
     for n in sizes:
         defs = definitions(n, image, changing=range(n))
-        computes = _drivers.make_computes({**base, "compute": None})
+        computes = pool_computes(base)
         scaler = Autoscaler(consul, Registry(consul, computes.agents), computes, PrometheusClient(prom.url))
         with DockerCalls() as counted:
             start = time.monotonic()
@@ -161,7 +166,7 @@ def create(mh, sizes):
             print(f"  {count:>7}  {kind}")
         if failed:
             print(f"  errors: {failed[:3]}")
-        computes = _drivers.make_computes({**base, "compute": None})
+        computes = pool_computes(base)
         back = Autoscaler(consul, Registry(consul, computes.agents), computes, PrometheusClient(prom.url))
         back.run(definitions(n, image), converge_options={"drain_period": 0})
 

@@ -68,6 +68,25 @@ def test_bad_computes_are_refused_naming_the_problem(computes, message):
     assert "s3cr3t" not in str(e.value)
 
 
+def test_a_module_parses_its_computes_once_and_reports_a_bad_one_where_it_reads_them(monkeypatch):
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils import _drivers
+
+    parses = []
+    real = _computes.parse
+    monkeypatch.setattr(_computes, "parse", lambda raw: parses.append(raw) or real(raw))
+    good = {"computes": {"default": pool("a", "b")}, "consul_url": "http://127.0.0.1:8500"}
+    parsed = _drivers.parse(good)
+    assert _drivers.missing_library(good, parsed) is None
+    computes = _drivers.make_computes(good, parsed)
+    assert sorted(computes.agents) == [] and len(parses) == 1
+    bad = {"computes": {"default": {"type": "docker", "hosts": []}}, "compute": None}
+    parsed = _drivers.parse(bad)
+    assert _drivers.missing_library(bad, parsed) is None  # the libraries of the provider option
+    with pytest.raises(SkynetError, match="needs hosts") as raised:
+        _drivers.make_computes(bad, parsed)
+    assert raised.value is parsed and len(parses) == 2
+
+
 def test_a_service_naming_an_unknown_compute_or_a_zone_no_host_has_is_refused():
     defs = _computes.parse({"default": pool("a", "b", zone="z1")})
     assert _computes.compute_of({"name": "web"}, defs).name == "default"
