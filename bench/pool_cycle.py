@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/pool_cycle.py cycle [N ...]     # 10 100 1000 by default
     .venv/bin/python bench/pool_cycle.py hostloss          # time to get capacity back after a host loss
+    .venv/bin/python bench/pool_cycle.py create [N ...]    # one cycle starting an instance of each of N services
 
 Runs on the harness's multi-host stack (three Consul servers; three Docker hosts each with its agent,
 a Podman engine and the registrator; a load balancer), as root. Every service has one PromQL check
@@ -10,6 +11,10 @@ answered by a real Prometheus (`vector(0)`: it wants nothing) and `min: 0`, so t
 0 -> 1 (an instance started, registered on its host's agent and passing) and the others hold.
 Both are measured through `ansible-playbook playbooks/autoscale.yml` (as the autoscaler's timer runs
 it, the services in a vars file) and, for hold, in-process (Autoscaler.run, no Ansible start-up).
+
+create: one in-process cycle (Autoscaler.run) in which each of N services goes 0 -> 1, with the Docker API
+requests it makes counted by kind (the SDK's requests, from this process) and its time; then one that takes
+them back to 0.
 
 hostloss: six instances spread 2/2/2 behind HAProxy under load; one host is cut off (link down, its
 agent, engine and registrator killed), cycles run every 2 s with a host_grace of 10 s; prints when the
@@ -20,14 +25,17 @@ replacements passed and when each served its first request.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / ".build" / "collections"))
 
+import docker.api.client
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _drivers
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul import connect
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus import PrometheusClient
@@ -81,11 +89,16 @@ def autoscale(workdir, variables):
     return seconds, result
 
 
+def pool_computes(base):
+    params = {**base, "compute": None}
+    return _drivers.make_computes(params, _drivers.parse(params))
+
+
 def cycle(mh, sizes):
     image = [build_sample_image(h.client(), "1") for h in mh.hosts].pop()
     prom = mh.stack.prometheus({"global": {"scrape_interval": "15s"}, "scrape_configs": []})
     base = {"computes": mh.computes(), "consul_url": mh.lb.consul_url}
-    computes = _drivers.make_computes({**base, "compute": None})
+    computes = pool_computes(base)
     consul = connect(base)
     scaler = Autoscaler(consul, Registry(consul, computes.agents), computes, PrometheusClient(prom.url))
     print(f"{'services':>8} {'hold (ansible)':>15} {'hold (in-process)':>18} {'change (ansible)':>17} {'changed':>8}")
@@ -108,6 +121,54 @@ def cycle(mh, sizes):
         applied = sum(1 for d in out["decisions"] if d.get("applied"))
         print(f"{n:>8} {hold_ansible:>13.2f} s {hold:>16.2f} s {change:>15.2f} s {applied:>8}", flush=True)
         scaler.run(defs, converge_options={"drain_period": 0})
+
+
+class DockerCalls:
+    """Counts the Docker API requests this process makes while it is entered, by method and path (ids as {id})."""
+
+    def __init__(self):
+        self.calls = Counter()
+
+    def __enter__(self):
+        self._send = docker.api.client.APIClient.send
+        calls, send = self.calls, self._send
+
+        def counted(client, request, **kw):
+            path = re.sub(r"^/v[0-9.]+", "", request.path_url.split("?")[0])
+            calls[f"{request.method} {re.sub(r'/[0-9a-f]{12,64}(?=/|$)', '/{id}', path)}"] += 1
+            return send(client, request, **kw)
+
+        docker.api.client.APIClient.send = counted
+        return self
+
+    def __exit__(self, *exc):
+        docker.api.client.APIClient.send = self._send
+
+
+def create(mh, sizes):
+    image = [build_sample_image(h.client(), "1") for h in mh.hosts].pop()
+    prom = mh.stack.prometheus({"global": {"scrape_interval": "15s"}, "scrape_configs": []})
+    base = {"computes": mh.computes(), "consul_url": mh.lb.consul_url}
+    consul = connect(base)
+    for n in sizes:
+        defs = definitions(n, image, changing=range(n))
+        computes = pool_computes(base)
+        scaler = Autoscaler(consul, Registry(consul, computes.agents), computes, PrometheusClient(prom.url))
+        with DockerCalls() as counted:
+            start = time.monotonic()
+            out = scaler.run(defs, converge_options={"drain_period": 0})
+            seconds = time.monotonic() - start
+        started = sum(1 for d in out if d.get("applied") and d["action"] == "scale_out")
+        failed = [d["error"] for d in out if d.get("error")]
+        total = sum(counted.calls.values())
+        print(f"{n} services, one instance each: {started} started in {seconds:.1f} s, {total} Docker API requests")
+        for kind, count in counted.calls.most_common():
+            print(f"  {count:>7}  {kind}")
+        if failed:
+            print(f"  errors: {failed[:3]}")
+        computes = pool_computes(base)
+        back = Autoscaler(consul, Registry(consul, computes.agents), computes, PrometheusClient(prom.url))
+        back.run(definitions(n, image), converge_options={"drain_period": 0})
 
 
 def hostloss(mh):
@@ -173,6 +234,8 @@ def main():
     with MultiHost(hosts=3) as mh:
         if what == "hostloss":
             hostloss(mh)
+        elif what == "create":
+            create(mh, [int(a) for a in sys.argv[2:]] or [30, 100])
         else:
             cycle(mh, [int(a) for a in sys.argv[2:]] or [10, 100, 1000])
 

@@ -54,6 +54,23 @@ def _env(*names):
     return env_fallback(*names)
 
 
+def labels_of(attrs):
+    """A container's labels, from its inspect data (Config.Labels) or from a listing of it (Labels)."""
+    return (attrs.get("Config") or {}).get("Labels") or attrs.get("Labels") or {}
+
+
+def published_port(attrs):
+    """The host port a container's first published port is reached at (0: none), from its inspect data
+    (NetworkSettings.Ports) or from a listing of it (Ports)."""
+    for bindings in ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).values():
+        if bindings:
+            return int(bindings[0]["HostPort"])
+    for port in attrs.get("Ports") or ():
+        if isinstance(port, dict) and port.get("PublicPort"):
+            return int(port["PublicPort"])
+    return 0
+
+
 class DockerDriver(ComputeDriver):
     name = "docker"
 
@@ -92,11 +109,12 @@ class DockerDriver(ComputeDriver):
         return SkynetError(f"Docker API at {self.docker_host} failed to {what}: {explanation}")
 
     def check(self, spec=None):
-        try:
-            self.client.ping()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-            raise self._fail("answer a ping", e) from e
-        if spec is not None:
+        if spec is None:
+            try:
+                self.client.ping()
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+                raise self._fail("answer a ping", e) from e
+        else:  # an engine that shows the image answers: no ping first
             try:
                 self.client.images.get(spec.image)
             except docker.errors.ImageNotFound as e:
@@ -113,28 +131,27 @@ class DockerDriver(ComputeDriver):
         if color:
             labels.append(f"{COLOR_LABEL}={color}")
         try:
-            containers = self.client.containers.list(all=True, filters={"label": labels})
+            # Sparse: the listing says all an Instance needs; the SDK would otherwise inspect every container,
+            # one request each (and fail on one removed meanwhile).
+            containers = self.client.containers.list(all=True, sparse=True, filters={"label": labels})
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise self._fail(f"list the containers of {service or 'every service'}", e) from e
         instances = [self._instance(c) for c in containers]
         return sorted(instances, key=lambda i: (i.created, i.id))
 
     def _instance(self, container):
-        labels = container.labels
-        port = 0
-        for bindings in (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).values():
-            if bindings:
-                port = int(bindings[0]["HostPort"])
-                break
+        attrs = container.attrs
+        labels = labels_of(attrs)
+        state = attrs.get("State")
         return Instance(
             id=container.id[:12],
             service=labels.get(SERVICE_LABEL, ""),
             color=labels.get(COLOR_LABEL, ""),
             image=labels.get("io.skynet.image") or (container.image.tags or [container.image.id])[0],
             address=self.advertise_address,
-            port=port,
+            port=published_port(attrs),
             created=float(labels.get(CREATED_LABEL, 0)),
-            state=container.status,
+            state=(state.get("Status") if isinstance(state, dict) else state) or "",
             host=self.host_name,
             zone=self.zone,
         )

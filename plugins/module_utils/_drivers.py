@@ -55,14 +55,24 @@ def definitions(params):
     return defs
 
 
-def missing_library(params):
-    """(library, import error) that Consul or one of the computes needs and is not installed, or None."""
+def parse(params):
+    """The computes of a module's options, parsed and checked once a run (what main() does first, then passes
+    along): {name: definition}, or the SkynetError saying what is wrong with them, which make_computes raises
+    where the module reports its errors."""
+    try:
+        return definitions(params)
+    except SkynetError as e:
+        return e
+
+
+def missing_library(params, parsed):
+    """(library, import error) that Consul or one of the computes (parse()) needs and is not installed, or None."""
     if not _consul.HAS_CONSUL:
         return "py-consul", _consul.CONSUL_IMPORT_ERROR
-    try:
-        types = {c.type for c in definitions(params).values()}
-    except SkynetError:
+    if isinstance(parsed, SkynetError):
         types = {params.get("compute") or "docker"}  # the bad definition is reported when the module reads it
+    else:
+        types = {c.type for c in parsed.values()}
     if "docker" in types and not _docker_driver.HAS_DOCKER:
         return "docker", _docker_driver.DOCKER_IMPORT_ERROR
     if "ec2" in types and not _ec2_driver.HAS_BOTO3:
@@ -85,12 +95,15 @@ def _docker_driver_of(host):
     )
 
 
-def make_computes(params, zones_of=None):
-    """Computes from a module's options: `computes`, or the pool of one its single-endpoint options make.
+def make_computes(params, parsed, zones_of=None):
+    """Computes from a module's options and their parse(): `computes`, or the pool of one its single-endpoint
+    options make; the parse's error, if it had one.
 
     zones_of(service) gives the zones a service is pinned to (placement keeps its instances there).
     """
-    defs = definitions(params)
+    if isinstance(parsed, SkynetError):
+        raise parsed
+    defs = parsed
     drivers, agents = {}, {}
     for name, compute in defs.items():
         if compute.type == "ec2":
@@ -104,7 +117,7 @@ def make_computes(params, zones_of=None):
     return Computes(defs, drivers, agents)
 
 
-def make_driver(params):
+def make_driver(params, parsed):
     """The driver of the compute `compute` names (modules that drive one compute at a time)."""
-    computes = make_computes(params)
+    computes = make_computes(params, parsed)
     return computes.driver_of({"compute": params.get("compute") if params.get("computes") else None}), computes

@@ -400,6 +400,16 @@ def assess(policy, values):
     return metrics, missing, "; ".join(outages) or None
 
 
+def counted(usable, away, gone, decided):
+    """The current count a policy decides on: the usable instances, those on hosts in their grace period (away),
+    and those gone (failing their check, or on a lost host) as far as the others fall short of the last decided
+    count (None: none recorded, all of them). Until their replacements run, a hold keeps the capacity the service
+    had and no cooldown holds a replacement back; once they run, nothing counts twice, whichever run started
+    them and however it ended."""
+    short = gone if decided is None else max(decided - usable - away, 0)
+    return usable + away + min(gone, short)
+
+
 def decide(policy, current, values, state, now, now_local=None, wake=0):
     """One decision for policy; values maps check names to metric values (None: missing;
     Unavailable: could not be read, which always holds). wake: the ModifyIndex of the service's wake record

@@ -5,10 +5,20 @@
 A host that does not answer is marked unavailable for the rest of the run (which and why are kept in
 unavailable()) and skipped: its instances are not listed, nothing is placed on it. Where a new instance
 goes and which instance a scale-in takes are _placement's rules, on every managed instance of the pool.
+
+Placement reads the run's view of the pool: each host listed in full once (the cycle's own listing, or the
+first placement's), kept up to date with every listing since and with the pool's own starts and removals, so
+that a cycle starting one instance for each of many services lists every host once, not once per instance.
+What the view cannot know is what other runs did since. The service being placed is taken as last listed by
+itself, every color (ServiceConverger does so before it starts anything), else listed first: the run holds its
+lock by then, so its own instances are exact and the spread rules hold. A host with a capacity is listed again
+in full before each placement (instances of every service fill it). Elsewhere the other services' instances
+only break ties. One pool serves one run: a listing of every service (a new cycle's) starts it over.
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _placement
@@ -26,6 +36,9 @@ class PoolDriver(ComputeDriver):
         self.hosts = {h.name: h for h in compute.hosts}
         self.zones_of = zones_of or (lambda service: ())
         self.down = {}
+        self._view, self._started, self._removed = {}, {}, set()  # {host: {id: Instance}}, as _view, {id}
+        self._fresh = set()  # services listed by themselves, every color, since the listing of every service
+        self._view_lock = threading.Lock()
 
     def unavailable(self):
         return dict(self.down)
@@ -63,46 +76,92 @@ class PoolDriver(ComputeDriver):
         return SkynetError(f"compute {self.compute.name}: no Docker host answers ({why})")
 
     def check(self, spec=None):
-        self._each(lambda d: d.check(None))
+        def missing(driver):
+            # A missing image is the user's to fix, on every host: it is an error, not a host failure.
+            try:
+                driver.check(spec)
+            except ImageMissing:
+                return True
+            return False
+
+        found = self._each(missing)
+        lacking = [name for name in self.hosts if found.get(name)]
+        if lacking:
+            raise SkynetError(
+                f"image {spec.image!r} is not on the Docker API engine of host(s) {', '.join(lacking)} of compute "
+                f"{self.compute.name} ({', '.join(self.hosts[n].url for n in lacking)}): pull, load or "
+                "build it on every host of the pool first"
+            )
         if not self._up():
             raise self._no_host()
-        if spec is not None:
-            # A missing image is the user's to fix, on every host: it is an error, not a host failure.
-            missing = []
-            for name in self._up():
-                try:
-                    self.driver(name).check(spec)
-                except ImageMissing:
-                    missing.append(name)
-                except SkynetError as e:
-                    self.down.setdefault(name, str(e))
-            if missing:
-                raise SkynetError(
-                    f"image {spec.image!r} is not on the Docker API engine of host(s) {', '.join(missing)} of compute "
-                    f"{self.compute.name} ({', '.join(self.hosts[n].url for n in missing)}): pull, load or "
-                    "build it on every host of the pool first"
-                )
-            if not self._up():
-                raise self._no_host()
 
     def list(self, service, color=None):
-        found = self._each(lambda d: d.list(service, color))
+        if service is None:
+            self._fresh.clear()
+        listed = self._list(service, color)
+        if service is not None and color is None:
+            self._fresh.add(service)
+        return listed
+
+    def _list(self, service, color=None, names=None):
+        found = self._each(lambda d: d.list(service, color), names)
+        with self._view_lock:
+            for host, instances in found.items():
+                self._seen(host, instances, service, color)
         return sorted((i for instances in found.values() for i in instances), key=lambda i: (i.created, i.id))
+
+    def _seen(self, host, instances, service, color):
+        """The view of host after a listing of service (every service: None) and color (every color: None)."""
+        if service is None:
+            view = self._view[host] = {}
+        elif host in self._view:
+            view = self._view[host]
+            for gone in [k for k, i in view.items() if i.service == service and color in (None, i.color)]:
+                del view[gone]
+        else:
+            return  # a listing of one service says nothing of the others: the host is listed in full when needed
+        view.update((i.id, i) for i in instances if i.id not in self._removed)
+        # What this pool started while the listing was on its way is not lost with it.
+        for i in self._started.get(host, {}).values():
+            if i.id not in self._removed and (service is None or (i.service == service and color in (None, i.color))):
+                view.setdefault(i.id, i)
+
+    def _made(self, instance):
+        with self._view_lock:
+            self._started.setdefault(instance.host, {})[instance.id] = instance
+            if instance.host in self._view:
+                self._view[instance.host][instance.id] = instance
+        return instance
 
     def _placement_hosts(self):
         return [
             _placement.Host(h.name, h.zone, h.capacity, available=h.name not in self.down) for h in self.hosts.values()
         ]
 
-    def _placed(self):
-        every = self.list(None)
-        return [_placement.Placed(i.host, i.id, i.service, i.created) for i in every if i.state == "running"]
+    def _placed(self, placing=None):
+        """Every running instance on the available hosts, as placement counts them: the run's view, with the hosts
+        never listed in full listed now; to place an instance of service placing, its own instances and every
+        instance on a host with a capacity as they are now."""
+        up = self._up()
+        full = [n for n in up if n not in self._view or (placing and self.hosts[n].capacity is not None)]
+        if full:
+            self._list(None, names=full)
+        if placing is not None and placing not in self._fresh:
+            self._list(placing, names=[n for n in up if n not in full])
+            self._fresh.add(placing)
+        with self._view_lock:
+            return [
+                _placement.Placed(i.host, i.id, i.service, i.created)
+                for n in self._up()
+                for i in self._view.get(n, {}).values()
+                if i.state == "running"
+            ]
 
     def create(self, spec):
         tried = []
         while True:
             chosen = _placement.place(
-                self._placement_hosts(), self._placed(), spec.service, 1, self.zones_of(spec.service)
+                self._placement_hosts(), self._placed(spec.service), spec.service, 1, self.zones_of(spec.service)
             )
             if not chosen.hosts:
                 raise SkynetError(
@@ -110,7 +169,7 @@ class PoolDriver(ComputeDriver):
                 )
             host = chosen.hosts[0]
             try:
-                return self.driver(host).create(spec)
+                return self._made(self.driver(host).create(spec))
             except HostUnavailable as e:
                 # The host stopped answering between the listing and the start: the next one gets it.
                 self.down.setdefault(host, str(e))
@@ -121,7 +180,9 @@ class PoolDriver(ComputeDriver):
         answering meanwhile has its share started on the others, one by one, as create() does."""
         if n <= 1:
             return super().create_many(spec, n, before)
-        chosen = _placement.place(self._placement_hosts(), self._placed(), spec.service, n, self.zones_of(spec.service))
+        chosen = _placement.place(
+            self._placement_hosts(), self._placed(spec.service), spec.service, n, self.zones_of(spec.service)
+        )
         if chosen.unplaced:
             return [], SkynetError(f"compute {self.compute.name}: {chosen.reason}")
         shares = {}
@@ -134,7 +195,7 @@ class PoolDriver(ComputeDriver):
                 for _new in range(shares[host]):
                     if before:
                         before()
-                    made.append(self.driver(host).create(spec))
+                    made.append(self._made(self.driver(host).create(spec)))
             except HostUnavailable as e:
                 self.down.setdefault(host, str(e))
                 return made, None, shares[host] - len(made)
@@ -154,7 +215,7 @@ class PoolDriver(ComputeDriver):
 
     def create_replacing(self, spec, old, before=None):
         placed = _placement.Placed(old.host, old.id, old.service, old.created)
-        others = [p for p in self._placed() if p.id != old.id]
+        others = [p for p in self._placed(spec.service) if p.id != old.id]
         chosen = _placement.place_replacement(
             self._placement_hosts(), [*others, placed], placed, self.zones_of(spec.service)
         )
@@ -163,7 +224,7 @@ class PoolDriver(ComputeDriver):
         try:
             if before:
                 before()
-            return [self.driver(chosen.hosts[0]).create(spec)], None
+            return [self._made(self.driver(chosen.hosts[0]).create(spec))], None
         except HostUnavailable as e:
             self.down.setdefault(chosen.hosts[0], str(e))
             return super().create_many(spec, 1, before)
@@ -176,6 +237,9 @@ class PoolDriver(ComputeDriver):
                 f"compute {self.compute.name}: instance {instance.id} runs on unknown host {instance.host!r}"
             )
         self.driver(instance.host).remove(instance, stop_timeout)
+        with self._view_lock:
+            self._removed.add(instance.id)
+            self._view.get(instance.host, {}).pop(instance.id, None)
 
     def choose_removals(self, candidates, n, scale_in="newest_first"):
         if n <= 0 or not candidates:

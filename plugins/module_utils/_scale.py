@@ -27,6 +27,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._policy import (
     State,
     Unavailable,
     assess,
+    counted,
     decide,
     parse_policy,
 )
@@ -338,18 +339,19 @@ class Autoscaler:
         listed = {i.id for i in instances}
         # A host in its grace period is not listed; its instances in the catalog still count (a blip
         # is not a loss). Once it is lost they count as gone and are replaced on the other hosts.
-        away = []
+        away, lost = [], []
         if hosts.in_grace:  # a read of the catalog only then: most cycles have no host in its grace period
             away = [i for i in self.registry.instances_on(name, set(hosts.in_grace), color) if i not in listed]
+        if hosts.lost:
+            lost = [i for i in self.registry.instances_on(name, set(hosts.lost), color) if i not in listed]
         state_raw, index = reads.state, reads.index
         state = State.from_dict(state_raw)
         usable, uncounted, discard, drained, critical_since = self._triage(reads.health, instances, state_raw, now)
-        # Only passing instances count towards the decided number, so a failing one gets a replacement at
-        # once and is removed once it failed for unhealthy_after. Until its replacement has been started,
-        # the policy still sees it, so that a hold keeps the capacity the service had.
-        failing = uncounted + discard
-        covered = set(state_raw.get("replacement_started") or ()) & {i.id for i in failing}
-        current = len(usable) + len([i for i in failing if i.id not in covered]) + len(away)
+        # Only passing instances count towards the decided number, so a failing one, or one on a lost host,
+        # gets a replacement at once (a failing one is removed once it failed for unhealthy_after).
+        decided = state_raw.get("decided")
+        decided = decided if isinstance(decided, int) and not isinstance(decided, bool) else None
+        current = counted(len(usable), len(away), len(uncounted) + len(discard) + len(lost), decided)
         decision, new_state = decide(policy, current, values, state, now, wake=reads.wake)
         control, control_error, desired, action, reason = _control.apply(
             reads.control, name, decision.current, decision.desired, decision.action, decision.reason
@@ -411,11 +413,7 @@ class Autoscaler:
         if check_mode or dry_run or control_error:
             return result
 
-        health_state = {
-            "critical_since": critical_since,
-            "replacement_started": sorted(i.id for i in failing),
-            "replacements_total": total,
-        }
+        health_state = {"critical_since": critical_since, "decided": decision.desired, "replacements_total": total}
         stored = {**new_state.as_dict(), **health_state}
         target = max(decision.desired - len(away), 0)
         change = decision.action != "hold" or discard or drained or len(usable) < target
@@ -457,7 +455,7 @@ class Autoscaler:
             lock.fence(f"recording the outcome for {name}")
             if result["error"]:
                 # A change that failed does not hold back the next attempt by a cooldown.
-                health_state["replacement_started"] = sorted(covered)
+                health_state["decided"] = decided
                 self.registry.write_json(self._key(name, "state"), {**state.as_dict(), **health_state})
             self.registry.write_json(self._key(name, "last"), result)
             if decision.action != "hold" or result["error"] or discard or drained:

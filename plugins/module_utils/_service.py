@@ -90,7 +90,8 @@ class ServiceConverger:
         self.preflight(desired)
         spec = desired.spec
         count = desired.count if desired.state == "present" else 0
-        before = self.driver.list(spec.service, spec.color)
+        # Every color: a pool places on the service's instances as listed here, under the caller's lock.
+        before = [i for i in self.driver.list(spec.service) if i.color == spec.color]
         discard = [i for i in before if i.state == "running" and i.id in desired.discard]
         running = [i for i in before if i.state == "running" and i not in discard]
         counted = [i for i in running if i.id not in desired.uncounted]

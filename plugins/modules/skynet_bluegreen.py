@@ -456,7 +456,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    missing = _drivers.missing_library(p)
+    parsed = _drivers.parse(p)
+    missing = _drivers.missing_library(p, parsed)
     if missing:
         module.fail_json(msg=missing_required_lib(missing[0]), exception=str(missing[1]))
     if p["count"] is not None and p["count"] < 1:
@@ -505,7 +506,7 @@ def main():
         if options.pre.enabled or options.post.enabled:
             prometheus = client_from_params(p)
         consul = _consul.connect(p)
-        driver, computes = _drivers.make_driver(p)
+        driver, computes = _drivers.make_driver(p, parsed)
         release = BlueGreen(consul, Registry(consul, computes.agents), driver, nodes, prometheus)
         result = release.run(options, state=p["state"], check_mode=module.check_mode)
     except SkynetError as e:

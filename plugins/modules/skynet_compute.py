@@ -227,7 +227,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    missing = _drivers.missing_library(p)
+    parsed = _drivers.parse(p)
+    missing = _drivers.missing_library(p, parsed)
     if missing:
         module.fail_json(msg=missing_required_lib(missing[0]), exception=str(missing[1]))
     if p["compute"] == "ec2" and not p["computes"]:
@@ -267,7 +268,7 @@ def main():
     )
     problem = None
     try:
-        driver, computes = _drivers.make_driver(p)
+        driver, computes = _drivers.make_driver(p, parsed)
         registry = Registry(_consul.connect(p), computes.agents)
         if module.check_mode:
             outcome, before, after = ServiceConverger(driver, registry).converge(desired, check_mode=True)

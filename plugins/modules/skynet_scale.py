@@ -316,14 +316,15 @@ def main():
         ),
         supports_check_mode=True,
     )
-    missing = _drivers.missing_library(module.params)
+    parsed = _drivers.parse(module.params)
+    missing = _drivers.missing_library(module.params, parsed)
     if missing:
         module.fail_json(msg=missing_required_lib(missing[0]), exception=str(missing[1]))
     p = module.params
     try:
         _names.kv_key(p["key_prefix"].rstrip("/"), "key_prefix")
         consul = _consul.connect(p)
-        computes = _drivers.make_computes(p, zones_of=_zones_of(p["services"]))
+        computes = _drivers.make_computes(p, parsed, zones_of=_zones_of(p["services"]))
         prometheus = client_from_params(p)
         scaler = Autoscaler(
             consul,

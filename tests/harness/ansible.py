@@ -11,8 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_module(module: str, args: dict, check: bool = False, diff: bool = False, timeout: float = 300) -> dict:
-    """The module's result as a dict; `failed` and `msg` are in it when the module fails."""
+def _module_run(module: str, args: dict, check: bool = False, diff: bool = False) -> tuple[list, dict]:
+    """(argv, env) of `ansible localhost -m module` with the JSON callback."""
     argv = [
         "ansible",
         "localhost",
@@ -39,12 +39,28 @@ def run_module(module: str, args: dict, check: bool = False, diff: bool = False,
         "ANSIBLE_NOCOLOR": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
+    return argv, env
+
+
+def run_module(module: str, args: dict, check: bool = False, diff: bool = False, timeout: float = 300) -> dict:
+    """The module's result as a dict; `failed` and `msg` are in it when the module fails."""
+    argv, env = _module_run(module, args, check, diff)
     out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False)
     try:
         data = json.loads(out.stdout)
     except json.JSONDecodeError as e:
         raise AssertionError(f"ansible printed no JSON (rc {out.returncode}):\n{out.stdout}\n{out.stderr}") from e
     return data["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+def start_module(module: str, args: dict, output: Path) -> subprocess.Popen:
+    """The same run, started in a session of its own and not waited for (a test kills it with proc.kill_tree);
+    what it prints goes to output."""
+    argv, env = _module_run(module, args)
+    with open(output, "wb") as out:
+        return subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
 
 def run_playbook(

@@ -59,12 +59,33 @@ def free_port() -> int:
 
 
 def kill_tree(pid: int):
-    """SIGKILL to pid and every descendant: Ansible runs the module in a session of its own."""
+    """SIGKILL to pid and every descendant: Ansible runs the module in a session of its own. A process that
+    ended meanwhile is skipped."""
+    try:
+        os.kill(pid, signal.SIGSTOP)  # no new child while the tree is walked
+    except ProcessLookupError:
+        return
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
-    os.kill(pid, signal.SIGSTOP)  # no new child while the tree is walked
     for child in out.split():
         kill_tree(int(child))
-    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def descendant(pid: int, program: str) -> int | None:
+    """The first descendant of pid running program (an argument of its command line ends with it), or None."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+    for child in map(int, out.split()):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.decode(errors="replace").endswith(program) for a in argv):
+            return child
+        found = descendant(child, program)
+        if found:
+            return found
+    return None
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.1):

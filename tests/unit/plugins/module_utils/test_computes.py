@@ -74,6 +74,25 @@ def test_bad_computes_are_refused_naming_the_problem(computes, message):
     assert "s3cr3t" not in str(e.value)
 
 
+def test_a_module_parses_its_computes_once_and_reports_a_bad_one_where_it_reads_them(monkeypatch):
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils import _drivers
+
+    parses = []
+    real = _computes.parse
+    monkeypatch.setattr(_computes, "parse", lambda raw: parses.append(raw) or real(raw))
+    good = {"computes": {"default": pool("a", "b")}, "consul_url": "http://127.0.0.1:8500"}
+    parsed = _drivers.parse(good)
+    assert _drivers.missing_library(good, parsed) is None
+    computes = _drivers.make_computes(good, parsed)
+    assert sorted(computes.agents) == [] and len(parses) == 1
+    bad = {"computes": {"default": {"type": "docker", "hosts": []}}, "compute": None}
+    parsed = _drivers.parse(bad)
+    assert _drivers.missing_library(bad, parsed) is None  # the libraries of the provider option
+    with pytest.raises(SkynetError, match="needs hosts") as raised:
+        _drivers.make_computes(bad, parsed)
+    assert raised.value is parsed and len(parses) == 2
+
+
 def test_a_service_naming_an_unknown_compute_or_a_zone_no_host_has_is_refused():
     defs = _computes.parse({"default": pool("a", "b", zone="z1")})
     assert _computes.compute_of({"name": "web"}, defs).name == "default"
@@ -101,12 +120,17 @@ def inst(i, host, created=None, service="web"):
 
 
 class Lister:
-    """The part of DockerDriver a pool uses for listing: a fixed set of instances."""
+    """The part of DockerDriver a pool uses for listing: a fixed set of instances; counts listings in full."""
 
     def __init__(self, instances):
-        self.instances = instances
+        self.instances, self.listings = instances, Counter()
+
+    @property
+    def full_listings(self):
+        return self.listings[None]
 
     def list(self, service, color=None):
+        self.listings[service] += 1
         return [i for i in self.instances if service is None or i.service == service]
 
 
@@ -199,6 +223,9 @@ class FakeHost(Lister):
         self.instances.append(made)
         return made
 
+    def remove(self, instance, stop_timeout=10):
+        self.instances = [i for i in self.instances if i.id != instance.id]
+
 
 def test_a_pool_starts_many_spread_and_a_host_that_fails_meanwhile_has_its_share_started_elsewhere():
     from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
@@ -234,6 +261,72 @@ def test_a_rolling_replacement_stays_on_the_old_ones_host_when_the_spread_is_eve
     for victim in (old[2], old[4], old[0]):
         (new,), error = driver.create_replacing(make_spec("web", "blue", "img2"), victim)
         assert error is None and new.host == victim.host
+
+
+def test_a_pool_lists_each_host_in_full_once_to_start_an_instance_of_each_of_many_services():
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
+
+    defs = _computes.parse({"default": pool("a", "b")})
+    hosts = {h: FakeHost(h) for h in "ab"}
+    driver = PoolDriver(defs["default"], hosts)
+    made = [driver.create(make_spec(f"s{n}", "blue", "img")) for n in range(6)]
+    # Its own starts are in its view: each service goes where there are fewest instances overall.
+    assert [i.host for i in made] == ["a", "b"] * 3
+    assert {h: d.full_listings for h, d in hosts.items()} == {"a": 1, "b": 1}
+
+
+def test_a_pool_places_a_service_on_its_instances_as_they_are_now_not_as_the_run_first_listed_them():
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
+
+    defs = _computes.parse({"default": pool("a", "b")})
+    hosts = {h: FakeHost(h) for h in "ab"}
+    driver = PoolDriver(defs["default"], hosts)
+    driver.list(None)
+    hosts["a"].instances += [inst(1, "a"), inst(2, "a")]  # started by another run since
+    assert driver.create(make_spec("web", "blue", "img")).host == "b"
+
+
+def test_a_pool_places_a_service_its_caller_just_listed_without_listing_it_again():
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
+
+    defs = _computes.parse({"default": pool("a", "b")})
+    hosts = {"a": FakeHost("a", [inst(1, "a")]), "b": FakeHost("b")}
+    driver = PoolDriver(defs["default"], hosts)
+    driver.list(None)
+    driver.list("web")  # as ServiceConverger does, under the service's lock
+    assert driver.create(make_spec("web", "blue", "img")).host == "b"
+    assert [d.listings["web"] for d in hosts.values()] == [1, 1]
+    driver.list(None)  # a new cycle: listed again before it is placed
+    driver.create(make_spec("web", "blue", "img"))
+    assert [d.listings["web"] for d in hosts.values()] == [2, 2]
+
+
+def test_a_pool_lists_a_host_with_a_capacity_again_before_it_places_on_it():
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
+
+    raw = pool("a", "b")
+    raw["hosts"][0]["capacity"] = 2
+    defs = _computes.parse({"default": raw})
+    hosts = {h: FakeHost(h) for h in "ab"}
+    driver = PoolDriver(defs["default"], hosts)
+    driver.list(None)
+    hosts["a"].instances += [inst(1, "a", service="db"), inst(2, "a", service="db")]  # another run filled it
+    made = [driver.create(make_spec(f"s{n}", "blue", "img")) for n in range(2)]
+    assert [i.host for i in made] == ["b", "b"]
+
+
+def test_a_pools_own_removals_are_in_its_view():
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils._compute import make_spec
+
+    defs = _computes.parse({"default": pool("a", "b")})
+    x1, x2, y1 = inst(1, "a", service="x"), inst(2, "a", service="x"), inst(3, "b", service="y")
+    hosts = {"a": FakeHost("a", [x1, x2]), "b": FakeHost("b", [y1])}
+    driver = PoolDriver(defs["default"], hosts)
+    driver.list(None)
+    driver.remove(x2)
+    # a and b hold one instance each now: the tie goes to a, by name.
+    assert driver.create(make_spec("z", "blue", "img")).host == "a"
+    assert {h: d.full_listings for h, d in hosts.items()} == {"a": 1, "b": 1}
 
 
 def test_the_computes_example_of_docs_compute_md_is_valid():

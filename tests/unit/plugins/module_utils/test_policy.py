@@ -10,6 +10,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._policy import (
     MAX_NEW_PER_CYCLE,
     State,
     Unavailable,
+    counted,
     decide,
     parse_check,
     parse_policy,
@@ -554,3 +555,23 @@ def test_state_round_trips_busy_and_woken():
     s = State(1.0, 2.0, [[3.0, 1]], busy_at=4.0, woken=5)
     assert State.from_dict(json.loads(json.dumps(s.as_dict()))) == s
     assert State.from_dict({}).busy_at is None
+
+
+@pytest.mark.parametrize(
+    ("usable", "away", "gone", "decided", "expected"),
+    [
+        (3, 0, 0, 3, 3),  # steady
+        (2, 0, 1, 3, 3),  # one lost or failing, its replacement not running yet (or its run was killed first)
+        (3, 0, 1, 3, 3),  # its replacement runs: not counted twice, whoever started it
+        (2, 1, 0, 3, 3),  # one on a host in its grace period
+        (1, 1, 1, 3, 3),  # one away, one gone
+        (2, 0, 2, 3, 3),  # two gone, one short: only one counts
+        (0, 0, 2, 3, 2),  # all gone but one short of more than they are
+        (4, 0, 0, 3, 4),  # a lost host's instance back: the surplus is for the policy to remove
+        (2, 0, 1, None, 3),  # no decided count recorded (a state written before it was): all count
+        (2, 0, 1, 2, 2),  # the last decision wanted 2: the gone one is not missed
+        (0, 0, 0, 0, 0),
+    ],
+)
+def test_counted_counts_gone_instances_only_as_far_as_the_decided_count_is_short(usable, away, gone, decided, expected):
+    assert counted(usable, away, gone, decided) == expected
