@@ -1,6 +1,7 @@
 """Demand alerts: the prometheus role's SkynetServiceDemand rules, evaluated by the real Prometheus on
 HAProxy's metrics, delivered by the real Alertmanager on the role's configuration to the watcher, which
-runs the autoscale playbook for that service alone: a load step adds instances with no timer cycle.
+runs the autoscale cycle for that service alone (resident, or the playbook): a load step adds instances with
+no timer cycle.
 Real Consul, HAProxy, Prometheus, Alertmanager and Podman."""
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ TARGET = 5  # requests/s per instance
 RATE = 20  # requests/s of the load step: 4 instances' worth, max is 3
 
 
-@pytest.fixture
-def demand(stack, consul, engine, sample_image, unique):
+@pytest.fixture(params=["resident", "playbook"])
+def demand(request, stack, consul, engine, sample_image, unique):
     """A web service at min 1 scaled on its request rate, with the role's demand alerts routed to the
-    watcher; one instance running, started by a cycle."""
+    watcher (its cycle resident, or the autoscale playbook); one instance running, started by a cycle."""
     web = zero_definition(unique("web"), sample_image["1"])
     web["scaling"]["min"] = 1
     web["scaling"]["checks"][0]["target"] = TARGET
-    started = start_event_path(stack, consul, engine, [web], demand=True)
+    started = start_event_path(stack, consul, engine, [web], demand=True, watcher_mode=request.param)
     assert autoscale_cycle(started, stack)[web["name"]]["desired"] == 1
     yield {**started, "web": web}
     remove_service({"docker_host": engine.docker_host, "consul_url": consul.url}, consul, web["name"])
