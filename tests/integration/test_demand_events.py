@@ -99,7 +99,14 @@ def test_the_rendered_demand_alerts_fire_exactly_when_a_check_wants_more_instanc
     rules = render_rules(
         tmp_path, services, prometheus_alertmanager_watcher_urls=["http://127.0.0.1:9107/alertmanager"]
     )
-    demand = [g for g in rules["groups"] if g["name"] == "skynet-service-demand"]
+    # In the signals' group, after them: an alert reads the signals of the same evaluation.
+    (signals,) = [g["rules"] for g in rules["groups"] if g["name"] == "skynet-service-signals"]
+    first_alert = next(i for i, r in enumerate(signals) if "alert" in r)
+    assert all("record" in r for r in signals[:first_alert]) and all("alert" in r for r in signals[first_alert:])
+    demand = [{"name": "skynet-service-demand", "rules": signals[first_alert:]}]
+    assert [g for g in rules["groups"] for r in g["rules"] if r.get("alert") == "SkynetServiceDemand"] == [
+        g for g in rules["groups"] if g["name"] == "skynet-service-signals"
+    ] * 3
     assert [(r["labels"]["service"], r["labels"]["check"]) for r in demand[0]["rules"]] == [
         ("web", "web"),
         ("api", "api"),
