@@ -175,6 +175,7 @@ def start_event_path(
     hold: float = 20,
     demand: bool = False,
     watcher_mode: str = "resident",
+    haproxy_options: dict | None = None,
     **prometheus_variables,
 ) -> dict:
     """The event path as the roles deploy it: HAProxy on the rendered config with the activator,
@@ -182,9 +183,11 @@ def start_event_path(
     and the watcher running the cycle of a service on its wake: resident (skynet_scale's arguments from the
     autoscale settings by the filter the autoscaler role renders them with) or the autoscale playbook
     (watcher_mode "playbook"). demand: also the role's demand alerts, and Alertmanager on the role's
-    configuration sending them to the watcher. What tests and benchmarks use."""
+    configuration sending them to the watcher. haproxy_options: more options of the rendered config (as
+    the haproxy role's variables give them). What tests and benchmarks use."""
     sockets = activator_dir(stack)
-    haproxy = stack.rendered_haproxy(services, consul, activator={"socket_dir": sockets, "hold": hold})
+    activator = {"socket_dir": sockets, "hold": hold}
+    haproxy = stack.rendered_haproxy(services, consul, activator=activator, **(haproxy_options or {}))
     webhook = f"127.0.0.1:{free_port()}"
     alerting = {}
     if demand:
