@@ -12,6 +12,8 @@ unless __name__ == "__main__".
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sys
 import traceback
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
@@ -19,6 +21,11 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import Sk
 
 class ForkedError(SkynetError):
     """A call that raised (the child's traceback in its message), died or timed out."""
+
+
+def _not_imported(names):
+    """In a child: the modules of names that it did not get from the server."""
+    return [n for n in names if n not in sys.modules]
 
 
 def _child(send, function, args):
@@ -32,17 +39,29 @@ def _child(send, function, args):
 
 class Forked:
     """call(function, *args) in a forked child, at most `timeout` seconds; function and its arguments and
-    result must pickle (function by name, from an importable module)."""
+    result must pickle (function by name, from an importable module). The server is multiprocessing's, one
+    per process: the preload of the first to start it is the one it has."""
 
     def __init__(self, preload=(), timeout=600.0):
         self.context = multiprocessing.get_context("forkserver")
-        self.context.set_forkserver_preload(list(preload))
+        self.preload = list(preload)
+        self.context.set_forkserver_preload(self.preload)
         self.timeout = timeout
 
     def start(self):
-        """Starts the server now, not at the first call, and waits until it has imported the preloaded modules
-        and forked a first child."""
-        self.call(int, "0")
+        """Starts the server now, not at the first call; the preloaded modules it could not import (every
+        call then imports them itself)."""
+        # Python 3.11's forkserver drops the sys.path it is handed before it preloads: it finds the modules
+        # through PYTHONPATH, set for its start only (its children get sys.path anyway).
+        before = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + ([before] if before else []))
+        try:
+            return self.call(_not_imported, self.preload)
+        finally:
+            if before is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = before
 
     def call(self, function, *args):
         receive, send = self.context.Pipe(duplex=False)

@@ -6,6 +6,8 @@ same way, under the same locks and with the same records in Consul KV."""
 
 from __future__ import annotations
 
+import traceback
+
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.common.parameters import remove_values
 from ansible.module_utils.errors import UnsupportedError
@@ -96,14 +98,16 @@ def run(params, check_mode=False):
 
 def run_arguments(arguments):
     """A cycle outside Ansible (the watcher's): validated as the module is, its result with the values of
-    no_log arguments removed as AnsibleModule removes them; {"msg"} alone when it could not run."""
-    no_log = set()
+    no_log arguments removed as AnsibleModule removes them; {"msg"} alone when it could not run or crashed."""
+    no_log = {arguments.get("consul_token")} - {None, ""}
     try:
         params, no_log = validate(arguments)
         missing = missing_library(params)
         result = {"msg": f"{missing[0]}: {missing[1]}"} if missing else run(params)
     except SkynetError as e:
         result = {"msg": str(e)}
+    except Exception:  # noqa: BLE001 - a bug: reported like a module's traceback, with the secrets removed
+        result = {"msg": f"the cycle crashed: {traceback.format_exc()}"}
     return remove_values(result, no_log)
 
 

@@ -154,7 +154,9 @@ class ResidentCycle:
     def check(self):
         """Starts the server and checks the arguments in it (SkynetError naming the problems): the watcher's
         first cycle then starts at once."""
-        self.forked.start()
+        missing = self.forked.start()
+        if missing:
+            log.warning("the cycles' server could not preload %s: each cycle imports them", ", ".join(missing))
         problems = self.forked.call(_check_arguments, {**self.arguments, "limit": []})
         if problems:
             raise SkynetError(problems)

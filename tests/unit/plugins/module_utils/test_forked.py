@@ -13,8 +13,14 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._forked import Fo
 @pytest.fixture(scope="module")
 def forked():
     f = Forked(["json"], timeout=3)
-    f.start()
+    assert f.start() == []
     return f
+
+
+def test_the_server_preloads_modules_found_on_the_callers_path_and_says_which_it_could_not():
+    # A module of this collection, found through the caller's sys.path (pytest's pythonpath), not PYTHONPATH.
+    ours = "ansible_collections.cyberdyne.skynet.plugins.module_utils._demand"
+    assert Forked([ours, "no_such_module_anywhere"], timeout=30).start() == ["no_such_module_anywhere"]
 
 
 def test_a_call_gives_its_value(forked):

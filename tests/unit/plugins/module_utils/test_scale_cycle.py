@@ -40,3 +40,14 @@ def test_a_cycle_that_cannot_run_says_why_without_the_no_log_values():
 
 def test_invalid_arguments_are_a_message_not_an_exception():
     assert run_arguments({"services": "web", "consul_token": "x"})["msg"].startswith("invalid skynet_scale arguments")
+
+
+def test_a_cycle_that_crashes_gives_its_traceback_without_the_no_log_values(monkeypatch):
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils import _scale_cycle
+
+    def crash(params):
+        raise KeyError(f"token {params['consul_token']} was seen")
+
+    monkeypatch.setattr(_scale_cycle, "run", crash)
+    msg = run_arguments({"services": [], "consul_token": "s3cret"})["msg"]
+    assert msg.startswith("the cycle crashed: Traceback") and "KeyError" in msg and "s3cret" not in msg
