@@ -74,27 +74,18 @@ def test_the_resident_watcher_runs_the_playbooks_arguments_without_the_token(tmp
 
     # The watcher accepts it: its forkserver checks the arguments with the module's own spec.
     path = tmp_path / "watcher.json"
-    done = subprocess.run(
-        [*daemon("skynet-watcher"), "--check", f"--config={path}"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=DAEMON_ENV,
-        timeout=120,
-    )
+    done = _check(path)
     assert done.returncode == 2 and "token" in done.stderr  # the token file is the role's to write
     watcher["token_file"] = ""
     path.write_text(json.dumps(watcher))
-    done = subprocess.run(
-        [*daemon("skynet-watcher"), "--check", f"--config={path}"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=DAEMON_ENV,
-        timeout=120,
-    )
+    done = _check(path)
     assert done.returncode == 0, done.stderr
     assert "resident cycle, watching web" in done.stdout
+
+
+def _check(path):
+    argv = [*daemon("skynet-watcher"), "--check", f"--config={path}"]
+    return subprocess.run(argv, capture_output=True, text=True, check=False, env=DAEMON_ENV, timeout=120)
 
 
 @pytest.mark.parametrize("timeout", [None, 120])
