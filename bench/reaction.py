@@ -1,22 +1,27 @@
 """Reaction to a load step, event path against timer path, in one run.
 
-    .venv/bin/python bench/reaction.py [TRIALS]     # default 3 per path
+    .venv/bin/python bench/reaction.py [TRIALS] [--watcher resident|playbook] [--rate-window 10s]
+                                       [--resolve-interval 1s]
 
 The path the roles deploy (tests/harness/product.py start_event_path with demand alerts): HAProxy on the
-rendered config, Prometheus with the prometheus role's rules (1 s scrapes and evaluations, rate over 10 s),
-Alertmanager on the role's configuration, the watcher running playbooks/autoscale.yml for one service.
+rendered config, Prometheus with the prometheus role's rules (1 s scrapes and evaluations, the role's
+prometheus_rate_window), Alertmanager on the role's configuration, the watcher running the cycle of one
+service (resident, as the autoscaler role runs it by default, or the autoscale playbook); HAProxy resolves
+Consul DNS every --resolve-interval (the haproxy role's haproxy_resolve_interval).
 A service at 1 instance (target 5 requests/s per instance) gets a step to 20 requests/s at t = 0.
 
 - event: no timer; SkynetServiceDemand fires, Alertmanager posts it to the watcher, which runs the cycle;
 - timer: no demand alerts; playbooks/autoscale.yml run back to back (the timer at its shortest period).
 
 Prints, per path, the median and each trial of: metric visible (the check's query above the target plus
-tolerance), alert firing and event delivered (event path), decision taken, second instance passing in
-Consul, first request answered by it.
+tolerance), alert firing and event delivered (event path), decision taken, second container started,
+registered in Consul, passing in Consul, up in HAProxy, first request answered by it.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import signal
 import statistics
 import sys
@@ -32,11 +37,22 @@ import requests
 from harness.images import build_sample_image
 from harness.load import LoadLoop
 from harness.product import autoscale_cycle, start_event_path, zero_definition
-from harness.services import remove_service
+from harness.services import remove_service, service_containers
 from harness.stack import Stack
 
 TARGET, RATE = 5, 20
-PARTS = ("metric visible", "alert firing", "event delivered", "decision taken", "instance passing", "first answer")
+EVENT_ONLY = ("alert firing", "event delivered")
+PARTS = (
+    "metric visible",
+    "alert firing",
+    "event delivered",
+    "decision taken",
+    "container started",
+    "registered",
+    "instance passing",
+    "up in HAProxy",
+    "first answer",
+)
 
 
 def _passing(consul, name):
@@ -49,13 +65,29 @@ def _watcher_alerts(webhook):
     return float(line.rsplit(" ", 1)[1])
 
 
-def trial(stack, consul, started, web, path):
+def _haproxy_up(haproxy, name):
+    """Servers UP in the service's blue backend, from HAProxy's own stats (no scrape in between)."""
+    rows = requests.get(f"{haproxy.stats_url}/stats;csv", timeout=5).text.splitlines()
+    return sum(1 for r in rows if r.startswith(f"{name}_blue,") and r.split(",")[17] == "UP" and "BACKEND" not in r)
+
+
+def _started_at(text):
+    """Epoch seconds of a Docker API timestamp (up to nanoseconds; Z or an offset)."""
+    stamp, zone = text[:19], text[19:]
+    digits = zone[1:].split("Z")[0].split("+")[0].split("-")[0] if zone.startswith(".") else ""
+    zone = zone[1 + len(digits) :] if digits or zone.startswith(".") else zone
+    offset = "+00:00" if zone in ("Z", "") else zone
+    return datetime.datetime.fromisoformat(f"{stamp}.{(digits + '000000')[:6]}{offset}").timestamp()
+
+
+def trial(stack, consul, engine, started, web, path):
     """One load step on one instance; seconds from the step to each part."""
-    name, prometheus = web["name"], started["prometheus"]
+    name, prometheus, haproxy = web["name"], started["prometheus"], started["haproxy"]
     query = web["scaling"]["checks"][0]["query"]
     url = f"http://127.0.0.1:{web['lb_port']}/"
     # The one instance's answer names it (the sample image's "NAME instance=ID ...").
     first = next(w for w in requests.get(url, timeout=5).text.split() if w.startswith("instance="))
+    before = {c.id for c in service_containers(engine.client(), name)}
     alerts_before = _watcher_alerts(started["webhook"])
     seen, stop = {}, threading.Event()
 
@@ -63,13 +95,17 @@ def trial(stack, consul, started, web, path):
         while not stop.is_set():
             autoscale_cycle(started, stack)
 
+    wanted = [p for p in PARTS if p != "container started" and (path == "event" or p not in EVENT_ONLY)]
+
     def watch(t0, load):
         alert = f'ALERTS{{alertname="SkynetServiceDemand", service="{name}", alertstate="firing"}}'
         checks = {
             "metric visible": lambda: prometheus.query(f"{query} > {TARGET * 1.1}"),
             "alert firing": lambda: path == "event" and prometheus.query(alert),
             "event delivered": lambda: path == "event" and _watcher_alerts(started["webhook"]) > alerts_before,
+            "registered": lambda: len(consul.api("GET", f"catalog/service/{name}") or []) > 1,
             "instance passing": lambda: len(_passing(consul, name)) > 1,
+            "up in HAProxy": lambda: _haproxy_up(haproxy, name) > 1,
         }
         while not stop.is_set() and time.time() < t0 + 90:
             for part, check in checks.items():
@@ -81,9 +117,9 @@ def trial(stack, consul, started, web, path):
             answered = [sent for sent, body in list(load.answers) if first not in body.split()]
             if answered and "first answer" not in seen:
                 seen["first answer"] = answered[0] - t0
-            if "first answer" in seen and "decision taken" in seen:
+            if all(part in seen for part in wanted):
                 return
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     t0 = time.time()
     with LoadLoop(url, rate=RATE) as load:
@@ -97,6 +133,11 @@ def trial(stack, consul, started, web, path):
         for t in threads[1:]:
             t.join(120)
     failed = len(load.failures)
+    client = engine.client()
+    added = [client.containers.get(c.id).attrs["State"] for c in service_containers(client, name) if c.id not in before]
+    starts = [_started_at(state["StartedAt"]) for state in added if state.get("StartedAt")]
+    if starts:
+        seen["container started"] = min(starts) - t0
     # Back to one instance: the rate falls to 0, then a cycle scales in (no cooldowns in the policy).
     prometheus.wait_query(f"{query} == 0", 60)
     while len(_passing(consul, name)) > 1:
@@ -105,7 +146,7 @@ def trial(stack, consul, started, web, path):
     return seen, failed
 
 
-def run(path, trials):
+def run(path, trials, watcher, rate_window, resolve_interval):
     stack = Stack()
     try:
         consul, engine = stack.consul(), stack.podman()
@@ -113,10 +154,19 @@ def run(path, trials):
         web = zero_definition("web", image)
         web["scaling"]["min"] = 1
         web["scaling"]["checks"][0]["target"] = TARGET
-        started = start_event_path(stack, consul, engine, [web], demand=path == "event")
+        started = start_event_path(
+            stack,
+            consul,
+            engine,
+            [web],
+            demand=path == "event",
+            watcher_mode=watcher,
+            haproxy_options={"resolve_interval": resolve_interval},
+            rate_window=rate_window,
+        )
         autoscale_cycle(started, stack)
         started["prometheus"].wait_query(f'haproxy_backend_active_servers{{proxy="{web["name"]}_blue"}} == 1', 60)
-        results = [trial(stack, consul, started, web, path) for _n in range(trials)]
+        results = [trial(stack, consul, engine, started, web, path) for _n in range(trials)]
         remove_service({"docker_host": engine.docker_host, "consul_url": consul.url}, consul, web["name"])
         return results
     finally:
@@ -124,16 +174,24 @@ def run(path, trials):
 
 
 def main():
-    trials = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    print(f"load step 1 instance, 0 -> {RATE} requests/s at t = 0, target {TARGET}/instance; seconds after the step")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("trials", nargs="?", type=int, default=3, help="trials per path (3)")
+    parser.add_argument("--watcher", choices=("resident", "playbook"), default="resident")
+    parser.add_argument("--rate-window", default="10s", help="the prometheus role's prometheus_rate_window")
+    parser.add_argument("--resolve-interval", default="1s", help="the haproxy role's haproxy_resolve_interval")
+    args = parser.parse_args()
+    print(
+        f"load step 1 instance, 0 -> {RATE} requests/s at t = 0, target {TARGET}/instance; watcher {args.watcher},"
+        f" rate window {args.rate_window}, HAProxy resolves every {args.resolve_interval}; seconds after the step"
+    )
     for path in ("event", "timer"):
-        results = run(path, trials)
-        print(f"\n{path} path ({trials} trials; failed requests: {[f for _s, f in results]})")
+        results = run(path, args.trials, args.watcher, args.rate_window, args.resolve_interval)
+        print(f"\n{path} path ({args.trials} trials; failed requests: {[f for _s, f in results]})")
         for part in PARTS:
             values = [s[part] for s, _f in results if part in s]
             if values:
                 each = " ".join(f"{v:5.1f}" for v in values)
-                print(f"  {part:17} median {statistics.median(values):5.1f}   each {each}")
+                print(f"  {part:17} median {statistics.median(values):5.1f}   each {each}", flush=True)
 
 
 if __name__ == "__main__":

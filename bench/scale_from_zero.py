@@ -3,11 +3,11 @@
     .venv/bin/python bench/scale_from_zero.py [REQUESTS] [SECONDS]     # default 1000 over 10 s
 
 The path the roles deploy (tests/harness/product.py start_event_path): HAProxy on the rendered config
-with the activator as the backup server, the activator, Prometheus, and the watcher running
-playbooks/autoscale.yml for the woken service. For each mode, a service at zero gets REQUESTS requests (HTTP)
-or connections (TCP, each sending a line the echo server sends back), spread evenly over SECONDS, the first
-at t = 0. Prints each part of the cold start (wake recorded, decision taken, container started, instance
-passing in Consul, first answer), the latency of the answers and how many failed.
+with the activator as the backup server, the activator, Prometheus, and the watcher running the cycle of
+the woken service (resident, as the autoscaler role runs it by default). For each mode, a service at zero
+gets REQUESTS requests (HTTP) or connections (TCP, each sending a line the echo server sends back), spread
+evenly over SECONDS, the first at t = 0. Prints each part of the cold start (wake recorded, decision taken,
+container started, instance passing in Consul, first answer), the latency of the answers and how many failed.
 """
 
 from __future__ import annotations

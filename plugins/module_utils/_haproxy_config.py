@@ -276,6 +276,7 @@ def render(
     server_state_file=None,
     stats_socket_group=None,
     activator=None,
+    resolve_interval="1s",
 ):
     """The whole haproxy.cfg for the service definitions; SkynetError (and nothing rendered) on any error.
 
@@ -289,6 +290,9 @@ def render(
 
     activator ({socket_dir, hold}) adds the activator as the backup server of each color backend of every
     service that scales from zero, and makes its server timeout outlast the hold.
+
+    resolve_interval: how often HAProxy asks Consul DNS for each backend's instances (`timeout resolve`):
+    the longest an instance that passes waits before HAProxy sends it traffic.
     """
     colors = preflight(services, stats_bind, live)
     try:
@@ -296,6 +300,11 @@ def render(
     except SkynetError as e:
         raise SkynetError(f"invalid HAProxy settings: consul_dns: {e}") from e
     map_dir = str(map_dir).rstrip("/") or "/"
+    resolve = _duration(resolve_interval)
+    if resolve is None or not int(re.match(r"[0-9]+", resolve).group()):
+        raise SkynetError(
+            f"invalid HAProxy settings: resolve_interval {resolve_interval!r} is not a duration such as 1s or 500ms"
+        )
     global_extra = [global_extra] if isinstance(global_extra, str) else list(global_extra or ())
     defaults_extra = [defaults_extra] if isinstance(defaults_extra, str) else list(defaults_extra or ())
     sections = [
@@ -333,7 +342,7 @@ def render(
                 f"nameserver consul {consul_dns}",
                 "accepted_payload_size 8192",
                 "resolve_retries 3",
-                "timeout resolve 1s",
+                f"timeout resolve {resolve}",
                 "timeout retry 1s",
                 "hold valid 1s",
                 "hold obsolete 0s",

@@ -4,11 +4,14 @@
 
 Three sources, each naming a service: a wake record (skynet/wake/<service>, written by an activator,
 seen through a blocking query), an Alertmanager notification (POST /alertmanager: every firing alert
-with a `service` label) and an operator's request (POST /run/<service>). Each triggers the same command
-the timer runs, limited to that service (the autoscale playbook with skynet_autoscale_limit), so the
-Consul lock of the service keeps the watcher, the timer and AWX from acting twice. One run per service
-at a time; triggers that arrive during a run make one more run after it. The timer stays the safety net:
-killing the watcher only slows reactions down to its period. Standard library only.
+with a `service` label) and an operator's request (POST /run/<service>). Each triggers the cycle the
+timer runs, limited to that service, so the Consul lock of the service keeps the watcher, the timer and
+AWX from acting twice. The cycle is either resident (`cycle`: skynet_scale's arguments, run by the
+module's own code in a child forked from a warm server, no ansible-playbook start-up per event) or a
+command (`command`: the autoscale playbook with skynet_autoscale_limit, as AWX runs it). One run per
+service at a time; triggers that arrive during a run make one more run after it. The timer stays the
+safety net: killing the watcher only slows reactions down to its period. Standard library only (the
+resident cycle's children import the module's libraries).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -32,12 +36,16 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._consul_http impo
     read_token,
 )
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._forked import Forked, ForkedError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._names import problem, service_name
 
 SOURCES = ("wake", "alert", "operator")
 WAIT = 30  # seconds of one blocking query
 RECENT = 60  # a wake record older than this when the watcher starts is the timer's to answer
 SERVICE = "{service}"
+TIMEOUT = 600  # seconds a cycle may take before it is killed (a hung run must not hold its service for good)
+# What the resident cycle's server imports once, so that each cycle starts at once.
+PRELOAD = (f"{_daemon.PACKAGE}._watcher", f"{_daemon.PACKAGE}._scale_cycle")
 
 log = logging.getLogger("skynet-watcher")
 
@@ -87,15 +95,99 @@ def command_for(template, service):
     return [word.replace(SERVICE, service) for word in template]
 
 
-# -- runs ----------------------------------------------------------------------------------------
+# -- runs ---------------------------------------------------------------------------------------
+
+
+class CommandCycle:
+    """The cycle as a command ({service} in its words), e.g. ansible-playbook; killed with its children
+    past the timeout."""
+
+    def __init__(self, template, timeout=TIMEOUT):
+        self.template, self.timeout = list(template), timeout
+
+    def __call__(self, service):
+        argv = command_for(self.template, service)
+        with subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        ) as proc:
+            try:
+                out, _err = proc.communicate(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                log.warning("%s: %s did not end within %gs: killed", service, argv[0], self.timeout)
+                return False
+        if proc.returncode != 0:
+            log.warning("%s: %s failed (rc %d): %s", service, argv[0], proc.returncode, out[-2000:])
+        return proc.returncode == 0
+
+
+def _resident_cycle(arguments):
+    """In a forked child: one skynet_scale cycle, its result without the no_log values."""
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils._scale_cycle import run_arguments
+
+    return run_arguments(arguments)
+
+
+def _check_arguments(arguments):
+    """In a forked child: the problems of skynet_scale arguments, None when there are none."""
+    from ansible_collections.cyberdyne.skynet.plugins.module_utils._scale_cycle import validate
+
+    try:
+        validate(arguments)
+    except SkynetError as e:
+        return str(e)
+    return None
+
+
+class ResidentCycle:
+    """The cycle of skynet_scale run by the module's own code (its argument spec and defaults, the Consul lock,
+    the records in KV), each run in a child forked from a warm server that preloaded the module's libraries;
+    the Consul token is given to the child, never in an argv or a log."""
+
+    def __init__(self, arguments, token=None, timeout=TIMEOUT):
+        self.arguments = dict(arguments)
+        if token:
+            self.arguments["consul_token"] = token
+        self.forked = Forked(PRELOAD, timeout)
+
+    def check(self):
+        """Starts the server and checks the arguments in it (SkynetError naming the problems): the watcher's
+        first cycle then starts at once."""
+        missing = self.forked.start()
+        if missing:
+            log.warning("the cycles' server could not preload %s: each cycle imports them", ", ".join(missing))
+        problems = self.forked.call(_check_arguments, {**self.arguments, "limit": []})
+        if problems:
+            raise SkynetError(problems)
+
+    def __call__(self, service):
+        try:
+            result = self.forked.call(_resident_cycle, {**self.arguments, "limit": [service]})
+        except ForkedError as e:
+            log.warning("%s: %s", service, e)
+            return False
+        for d in result.get("decisions") or ():
+            log.info(
+                "%s: %s %s -> %s (%s)",
+                d["service"],
+                d["action"],
+                d.get("current", "?"),
+                d.get("desired", "?"),
+                d.get("reason", ""),
+            )
+        if result.get("msg"):
+            log.warning("%s: the cycle failed: %s", service, result["msg"])
+            return False
+        return True
 
 
 class Runner:
-    """One run per service at a time, at most `parallel` at once; triggers during a run coalesce into one more."""
+    """One run per service at a time, at most `parallel` at once; triggers during a run coalesce into one more.
+    cycle(service) runs one cycle of service and says whether it went well."""
 
-    def __init__(self, template, services=None, parallel=4, run=None, clock=time.monotonic):
-        self.template, self.services = list(template), set(services or ())
-        self.run = run or _run_command
+    def __init__(self, cycle, services=None, parallel=4, clock=time.monotonic):
+        self.cycle, self.services = cycle, set(services or ())
         self.clock = clock
         self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="cycle")
         self.lock = threading.Lock()
@@ -124,7 +216,7 @@ class Runner:
         while True:
             start = self.clock()
             try:
-                ok = self.run(command_for(self.template, service))
+                ok = self.cycle(service)
             except Exception:  # a runner that fails must not stop the service's future runs
                 log.exception("%s: the cycle could not be run", service)
                 ok = False
@@ -159,13 +251,6 @@ class Runner:
 
     def close(self):
         self.pool.shutdown(wait=True)
-
-
-def _run_command(argv):
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        log.warning("%s failed (rc %d): %s", argv[0], done.returncode, (done.stdout + done.stderr)[-2000:])
-    return done.returncode == 0
 
 
 # -- sources -------------------------------------------------------------------------------------
@@ -242,11 +327,22 @@ def load(path):
     errors = []
     if not isinstance(raw, dict):
         raise SkynetError("the watcher's configuration must be a JSON object")
-    command = raw.get("command")
-    if not isinstance(command, list) or not command or not all(isinstance(w, str) for w in command):
+    command, cycle = raw.get("command"), raw.get("cycle")
+    if (command is None) == (cycle is None):
+        errors.append("give either cycle (skynet_scale's arguments, run resident) or command (a command per run)")
+    elif cycle is not None and not isinstance(cycle, dict):
+        errors.append("cycle must be a mapping of skynet_scale's arguments")
+    elif cycle is not None and ("limit" in cycle or "consul_token" in cycle):
+        errors.append("cycle must not say limit (each run is its service's) or consul_token (see token_file)")
+    elif command is not None and (
+        not isinstance(command, list) or not command or not all(isinstance(w, str) for w in command)
+    ):
         errors.append("command must be a list of words, {service} standing for the service")
-    elif not any(SERVICE in w for w in command):
+    elif command is not None and not any(SERVICE in w for w in command):
         errors.append("command never says {service}: every run would be the whole cycle")
+    timeout = raw.get("timeout", TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        errors.append("timeout must be a number of seconds above 0")
     if not isinstance(raw.get("consul_url"), str):
         errors.append("consul_url is missing")
     services = raw.get("services") or []
@@ -270,10 +366,21 @@ def main(argv=None):
     except (SkynetError, ConsulHTTPError) as e:
         log.error("%s", e)
         return 2
+    if config.get("cycle") is not None:
+        cycle = ResidentCycle(config["cycle"], token, config.get("timeout", TIMEOUT))
+        try:
+            cycle.check()
+        except SkynetError as e:
+            log.error("%s: %s", args.config, e)
+            return 2
+    else:
+        cycle = CommandCycle(config["command"], config.get("timeout", TIMEOUT))
     if args.check:
-        sys.stdout.write(f"{args.config}: watching {', '.join(config.get('services') or ['every service'])}\n")
+        mode = "resident cycle" if isinstance(cycle, ResidentCycle) else "command"
+        services = ", ".join(config.get("services") or ["every service"])
+        sys.stdout.write(f"{args.config}: {mode}, watching {services}\n")
         return 0
-    runner = Runner(config["command"], config.get("services"), int(config.get("parallel") or 4))
+    runner = Runner(cycle, config.get("services"), int(config.get("parallel") or 4))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -267,10 +267,8 @@ decisions:
       description:
         - Hosts of the service's compute that did not answer, each with C(reason), C(failing_since) and C(lost)
           (past O(host_grace), so its instances are replaced elsewhere).
-        - Also the hosts and EC2 subnets that refused a start in this cycle (an EC2 subnet with no capacity or no
-          address left, or gone), with C(lost=false); what they refused was started on the others.
       type: dict
-      returned: when a host of the compute did not answer, or refused a start
+      returned: when a host of the compute did not answer
     unreachable:
       description: Instances on hosts in their grace period, counted from the Consul catalog.
       type: list
@@ -285,107 +283,24 @@ decisions:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.cyberdyne.skynet.plugins.module_utils import _consul, _drivers, _names
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _drivers, _scale_cycle
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._prometheus import (
-    client_from_params,
-    prometheus_argument_spec,
-)
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._registry import Registry
-from ansible_collections.cyberdyne.skynet.plugins.module_utils._scale import Autoscaler
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            services=dict(type="list", elements="dict", required=True),
-            limit=dict(type="list", elements="str"),
-            dry_run=dict(type="bool", default=False),
-            lock_wait=dict(type="float", default=0),
-            parallel=dict(type="int", default=8),
-            key_prefix=dict(type="str", default="skynet/scale", no_log=False),
-            **prometheus_argument_spec(),
-            drain_period=dict(type="float", default=5),
-            wait_timeout=dict(type="float", default=120),
-            health_grace=dict(type="float", default=60),
-            unhealthy_after=dict(type="float", default=60),
-            host_grace=dict(type="float", default=30),
-            **_consul.consul_argument_spec(),
-            **_drivers.compute_argument_spec(),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=_scale_cycle.argument_spec(), supports_check_mode=True)
     parsed = _drivers.parse(module.params)
-    missing = _drivers.missing_library(module.params, parsed)
+    missing = _scale_cycle.missing_library(module.params, parsed)
     if missing:
-        module.fail_json(msg=missing_required_lib(missing[0]), exception=str(missing[1]))
-    p = module.params
+        module.fail_json(msg=missing[0], exception=missing[1])
     try:
-        _names.kv_key(p["key_prefix"].rstrip("/"), "key_prefix")
-        consul = _consul.connect(p)
-        computes = _drivers.make_computes(p, parsed, zones_of=_zones_of(p["services"]))
-        prometheus = client_from_params(p)
-        scaler = Autoscaler(
-            consul,
-            Registry(consul, computes.agents),
-            computes,
-            prometheus,
-            key_prefix=p["key_prefix"],
-            health_grace=p["health_grace"],
-            unhealthy_after=p["unhealthy_after"],
-            host_grace=p["host_grace"],
-        )
-        decisions = scaler.run(
-            p["services"],
-            limit=p["limit"],
-            check_mode=module.check_mode,
-            dry_run=p["dry_run"],
-            lock_wait=p["lock_wait"],
-            parallel=p["parallel"],
-            converge_options=dict(drain_period=p["drain_period"], wait_timeout=p["wait_timeout"]),
-        )
+        result = _scale_cycle.run(module.params, parsed, check_mode=module.check_mode)
     except SkynetError as e:
         module.fail_json(msg=str(e), exception=traceback.format_exc())
-
-    changed = any(d.get("applied") for d in decisions)
-    if module.check_mode:
-        changed = any(d["action"] in ("scale_out", "scale_in") for d in decisions)
-    failed = [d for d in decisions if d.get("error")]
-    problems = [outage_message(decisions)] if any(d.get("outage") for d in decisions) else []
-    if failed:
-        problems.append("scaling failed for " + "; ".join(f"{d['service']}: {d['error']}" for d in failed))
-    if problems:
-        module.fail_json(msg=". ".join(problems), decisions=decisions, changed=changed)
-    module.exit_json(changed=changed, decisions=decisions)
-
-
-def _zones_of(definitions):
-    """zones_of(service) for placement: the zones a service definition is pinned to."""
-    zones = {}
-    for d in definitions:
-        if isinstance(d, dict) and isinstance(d.get("name"), str):
-            z = d.get("zones") or ()
-            zones[d["name"]] = (z,) if isinstance(z, str) else tuple(z)
-    return lambda service: zones.get(service, ())
-
-
-def outage_message(decisions):
-    """The outages, the checks they held, and what the run still did: the run fails so that alerts fire."""
-    held = {}
-    for d in decisions:
-        if d.get("outage"):
-            held.setdefault(d["outage"], []).append(f"{d['service']} ({', '.join(d.get('missing') or ())})")
-    said = "; ".join(f"{outage}, for {', '.join(services)}" for outage, services in held.items())
-    done = [
-        f"{d['service']} {d['action']} {d['current']} -> {d['desired']}"
-        + (f" replacing {len(d['replaced'])}" if d.get("replaced") else "")
-        for d in decisions
-        if d.get("applied")
-    ]
-    return f"metrics unavailable, the decisions that need them held: {said}. Still done in this run: " + (
-        ", ".join(done) or "nothing (nothing else needed changing)"
-    )
+    if result["msg"]:
+        module.fail_json(msg=result["msg"], decisions=result["decisions"], changed=result["changed"])
+    module.exit_json(changed=result["changed"], decisions=result["decisions"])
 
 
 if __name__ == "__main__":

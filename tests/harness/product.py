@@ -12,6 +12,9 @@ from pathlib import Path
 
 import requests
 import yaml
+from ansible_collections.cyberdyne.skynet.plugins.module_utils._autoscale_arguments import (
+    arguments as autoscale_arguments,
+)
 
 from .ansible import run_playbook
 from .proc import free_port
@@ -46,10 +49,20 @@ def start_activator(stack: Stack, consul: Consul, services: list, socket_dir: st
     return address
 
 
-def start_watcher(stack: Stack, consul: Consul, command: list, services: list, name: str = "watcher") -> str:
-    """skynet-watcher running command ({service} in it) on wakes, alerts and requests; HOST:PORT of its webhook."""
-    address = f"127.0.0.1:{free_port()}"
-    config = {"consul_url": consul.url, "command": command, "services": services, "listen": address}
+def start_watcher(
+    stack: Stack,
+    consul: Consul,
+    services: list,
+    cycle: dict | None = None,
+    command: list | None = None,
+    address: str | None = None,
+    name: str = "watcher",
+) -> str:
+    """skynet-watcher running the resident cycle (skynet_scale's arguments) or command ({service} in it) on
+    wakes, alerts and requests, its webhook at address (default: a free port); HOST:PORT of its webhook."""
+    address = address or f"127.0.0.1:{free_port()}"
+    config = {"consul_url": consul.url, "services": services, "listen": address}
+    config.update({"cycle": cycle} if cycle is not None else {"command": command})
     path = stack.path(name, "watcher.json")
     path.write_text(json.dumps(config))
     env = {**DAEMON_ENV, "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS), "ANSIBLE_NOCOLOR": "1"}
@@ -155,23 +168,27 @@ def start_alertmanager(stack: Stack, services: list, watcher: str) -> Alertmanag
 
 
 def start_event_path(
-    stack: Stack, consul: Consul, engine: Engine, services: list, hold: float = 20, demand: bool = False
+    stack: Stack,
+    consul: Consul,
+    engine: Engine,
+    services: list,
+    hold: float = 20,
+    demand: bool = False,
+    watcher_mode: str = "resident",
+    haproxy_options: dict | None = None,
+    **prometheus_variables,
 ) -> dict:
     """The event path as the roles deploy it: HAProxy on the rendered config with the activator,
-    Prometheus scraping HAProxy with the role's rules, the activator, and the watcher running
-    playbooks/autoscale.yml for a service on its wake. demand: also the role's demand alerts, and
-    Alertmanager on the role's configuration sending them to the watcher. What tests and benchmarks use."""
+    Prometheus scraping HAProxy with the role's rules (and these variables of the role), the activator,
+    and the watcher running the cycle of a service on its wake: resident (skynet_scale's arguments from the
+    autoscale settings by the filter the autoscaler role renders them with) or the autoscale playbook
+    (watcher_mode "playbook"). demand: also the role's demand alerts, and Alertmanager on the role's
+    configuration sending them to the watcher. haproxy_options: more options of the rendered config (as
+    the haproxy role's variables give them). What tests and benchmarks use."""
     sockets = activator_dir(stack)
-    haproxy = stack.rendered_haproxy(services, consul, activator={"socket_dir": sockets, "hold": hold})
-    # The watcher reads the variables when it runs the playbook: they are written once Prometheus is up.
-    vars_file = stack.path("autoscale-vars.json")
-    command = [
-        str(Path(sys.executable).parent / "ansible-playbook"),
-        *("-i", "localhost,", str(ROOT / "playbooks" / "autoscale.yml"), "-e", f"@{vars_file}"),
-        *("-e", json.dumps({"skynet_autoscale_limit": ["{service}"], "skynet_autoscale_lock_wait": 20})),
-    ]
-    webhook = start_watcher(stack, consul, command, [s["name"] for s in services])
-    watcher = stack.processes[-1]
+    activator = {"socket_dir": sockets, "hold": hold}
+    haproxy = stack.rendered_haproxy(services, consul, activator=activator, **(haproxy_options or {}))
+    webhook = f"127.0.0.1:{free_port()}"
     alerting = {}
     if demand:
         alertmanager = start_alertmanager(stack, services, webhook)
@@ -179,7 +196,9 @@ def start_event_path(
             "alertmanager_url": alertmanager.url,
             "prometheus_alertmanager_watcher_urls": [f"http://{webhook}/alertmanager"],
         }
-    prometheus = start_prometheus(stack, services, {"haproxy": [f"127.0.0.1:{haproxy.stats_port}"]}, **alerting)
+    prometheus = start_prometheus(
+        stack, services, {"haproxy": [f"127.0.0.1:{haproxy.stats_port}"]}, **alerting, **prometheus_variables
+    )
     metrics = start_activator(stack, consul, services, sockets, hold=hold)
     variables = {
         "skynet_services": services,
@@ -189,12 +208,22 @@ def start_event_path(
         "skynet_autoscale_drain_period": 1,
         "ansible_python_interpreter": sys.executable,
     }
+    vars_file = stack.path("autoscale-vars.json")
     vars_file.write_text(json.dumps(variables))
+    if watcher_mode == "resident":
+        cycle = {"cycle": autoscale_arguments({**variables, "skynet_autoscale_lock_wait": 20})}
+    else:
+        limit = {"skynet_autoscale_limit": ["{service}"], "skynet_autoscale_lock_wait": 20}
+        playbook = str(ROOT / "playbooks" / "autoscale.yml")
+        ansible_playbook = str(Path(sys.executable).parent / "ansible-playbook")
+        command = [ansible_playbook, "-i", "localhost,", playbook, "-e", f"@{vars_file}", "-e", json.dumps(limit)]
+        cycle = {"command": command}
+    start_watcher(stack, consul, [s["name"] for s in services], address=webhook, **cycle)
     return {
         "haproxy": haproxy,
         "prometheus": prometheus,
         "metrics": metrics,
         "webhook": webhook,
-        "watcher": watcher,
+        "watcher": stack.processes[-1],
         "variables": variables,
     }

@@ -1,6 +1,7 @@
 """Demand alerts: the prometheus role's SkynetServiceDemand rules, evaluated by the real Prometheus on
 HAProxy's metrics, delivered by the real Alertmanager on the role's configuration to the watcher, which
-runs the autoscale playbook for that service alone: a load step adds instances with no timer cycle.
+runs the autoscale cycle for that service alone (resident, or the playbook): a load step adds instances with
+no timer cycle.
 Real Consul, HAProxy, Prometheus, Alertmanager and Podman."""
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ TARGET = 5  # requests/s per instance
 RATE = 20  # requests/s of the load step: 4 instances' worth, max is 3
 
 
-@pytest.fixture
-def demand(stack, consul, engine, sample_image, unique):
+@pytest.fixture(params=["resident", "playbook"])
+def demand(request, stack, consul, engine, sample_image, unique):
     """A web service at min 1 scaled on its request rate, with the role's demand alerts routed to the
-    watcher; one instance running, started by a cycle."""
+    watcher (its cycle resident, or the autoscale playbook); one instance running, started by a cycle."""
     web = zero_definition(unique("web"), sample_image["1"])
     web["scaling"]["min"] = 1
     web["scaling"]["checks"][0]["target"] = TARGET
-    started = start_event_path(stack, consul, engine, [web], demand=True)
+    started = start_event_path(stack, consul, engine, [web], demand=True, watcher_mode=request.param)
     assert autoscale_cycle(started, stack)[web["name"]]["desired"] == 1
     yield {**started, "web": web}
     remove_service({"docker_host": engine.docker_host, "consul_url": consul.url}, consul, web["name"])
@@ -98,7 +99,14 @@ def test_the_rendered_demand_alerts_fire_exactly_when_a_check_wants_more_instanc
     rules = render_rules(
         tmp_path, services, prometheus_alertmanager_watcher_urls=["http://127.0.0.1:9107/alertmanager"]
     )
-    demand = [g for g in rules["groups"] if g["name"] == "skynet-service-demand"]
+    # In the signals' group, after them: an alert reads the signals of the same evaluation.
+    (signals,) = [g["rules"] for g in rules["groups"] if g["name"] == "skynet-service-signals"]
+    first_alert = next(i for i, r in enumerate(signals) if "alert" in r)
+    assert all("record" in r for r in signals[:first_alert]) and all("alert" in r for r in signals[first_alert:])
+    demand = [{"name": "skynet-service-demand", "rules": signals[first_alert:]}]
+    assert [g for g in rules["groups"] for r in g["rules"] if r.get("alert") == "SkynetServiceDemand"] == [
+        g for g in rules["groups"] if g["name"] == "skynet-service-signals"
+    ] * 3
     assert [(r["labels"]["service"], r["labels"]["check"]) for r in demand[0]["rules"]] == [
         ("web", "web"),
         ("api", "api"),

@@ -4,6 +4,7 @@ the held requests are answered by the new instance. Real Consul, HAProxy, Promet
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -302,3 +303,57 @@ def test_an_activator_killed_mid_hold_fails_its_request_at_once_and_keeps_the_wa
     r, _took = _held_get(url)
     assert r.status_code == 200
     assert len(service_containers(docker_client, name)) == 1
+
+
+def _children(pid):
+    """Ids of the processes whose parent is pid (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                if int(f.read().rpartition(")")[2].split()[1]) == pid:
+                    out.append(int(entry))
+    return out
+
+
+def _watcher_metric(webhook, line_start):
+    text = requests.get(f"http://{webhook}/metrics", timeout=5).text
+    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)), 0.0)
+
+
+def test_a_resident_cycle_killed_mid_run_leaves_the_watcher_running_and_a_later_cycle_wakes_once(
+    at_zero, docker_client, consul
+):
+    """The watcher's cycle is a child of its forkserver: SIGKILLed once it recorded the wake as answered, the
+    watcher counts a failed run and stays up; the activator's rewritten wakes make a later cycle (once the dead
+    run's lock lapses) start exactly one instance, which answers a request."""
+    web, webhook = at_zero["web"], at_zero["webhook"]
+    name, url = web["name"], f"http://127.0.0.1:{web['lb_port']}/"
+    watcher = at_zero["watcher"].popen.pid
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_held_get, url)
+        (wake,) = wait_for(lambda: consul.api("GET", f"kv/skynet/wake/{name}"), 10, "the wake record")
+        wait_for(
+            lambda: (consul.api("GET", f"kv/skynet/scale/{name}/state", params={"raw": "1"}) or {}).get("woken", 0)
+            >= wake["ModifyIndex"],
+            60,
+            "the wake recorded as answered",
+            interval=0.02,
+        )
+        # The forkserver is the watcher's one child that has children: the cycles (its first, the check, ended).
+        cycles = [c for server in _children(watcher) for c in _children(server)]
+        assert cycles, "a cycle runs in a child of the watcher's forkserver"
+        for pid in cycles:
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: _watcher_metric(webhook, 'skynet_watcher_runs_total{result="failed"}') >= 1, 30, "failed")
+        assert at_zero["watcher"].alive()
+        r, _took = pending.result()
+        # The dead run's lock outlives it (TTL, then lock-delay: up to ~45 s), longer than a hold.
+        deadline = time.monotonic() + 90
+        while r.status_code != 200 and time.monotonic() < deadline:
+            assert "no instance of" in r.headers.get("X-Skynet-Activator", ""), r.headers
+            r, _took = pool.submit(_held_get, url).result()
+    assert r.status_code == 200, r.headers
+    assert at_zero["watcher"].alive()
+    assert len(service_containers(docker_client, name)) == 1
+    assert len(consul.api("GET", f"catalog/service/{name}")) == 1

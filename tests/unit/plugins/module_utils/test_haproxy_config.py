@@ -160,6 +160,18 @@ def test_global_resolvers_and_stats():
     ]
 
 
+@pytest.mark.parametrize(("interval", "line"), [("500ms", "timeout resolve 500ms"), (2, "timeout resolve 2s")])
+def test_the_resolve_interval_is_how_often_consul_dns_is_asked(interval, line):
+    resolvers = cfg([WEB], resolve_interval=interval)["resolvers consul"]
+    assert line in resolvers and sum(x.startswith("timeout resolve") for x in resolvers) == 1
+
+
+@pytest.mark.parametrize("interval", ["0s", "0ms", 0, "fast", "1 s", -1, True, None])
+def test_a_resolve_interval_that_is_no_positive_duration_is_refused(interval):
+    with pytest.raises(SkynetError, match=r"resolve_interval .* is not a duration such as 1s or 500ms"):
+        render([WEB], resolve_interval=interval)
+
+
 def test_extra_lines_and_log_formats_only_with_somewhere_to_log():
     plain = cfg([WEB, DB])
     assert not any("log" in line.split()[1:2] for line in plain["frontend web"] + plain["frontend db"])

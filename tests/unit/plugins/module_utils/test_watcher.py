@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -7,9 +8,12 @@ import pytest
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._watcher import (
     RECENT,
+    CommandCycle,
+    ResidentCycle,
     Runner,
     alerted_services,
     command_for,
+    load,
     new_wakes,
     recent_wakes,
 )
@@ -47,7 +51,7 @@ def make_runner():
 
 
 class Recorder:
-    """A fake `run`: records every argv; each run waits for `release` when blocking is on."""
+    """A fake cycle: records every service it runs; each run waits for `release` when blocking is on."""
 
     def __init__(self, blocking=False, result=True):
         self.calls, self.lock = [], threading.Lock()
@@ -55,9 +59,9 @@ class Recorder:
         self.release = threading.Event()
         self.blocking, self.result = blocking, result
 
-    def __call__(self, argv):
+    def __call__(self, service):
         with self.lock:
-            self.calls.append(argv)
+            self.calls.append(service)
         self.started.set()
         if self.blocking:
             assert self.release.wait(WAIT), "the test never released the run"
@@ -65,7 +69,7 @@ class Recorder:
 
     def services(self):
         with self.lock:
-            return [argv[-1].rpartition("=")[2] for argv in self.calls]
+            return list(self.calls)
 
 
 # -- wake records ------------------------------------------------------------------------------
@@ -197,19 +201,19 @@ def test_the_command_is_a_new_list():
 # -- Runner ------------------------------------------------------------------------------------
 
 
-def test_a_trigger_runs_the_command_of_its_service(make_runner):
+def test_a_trigger_runs_the_cycle_of_its_service(make_runner):
     run = Recorder()
-    runner = make_runner(TEMPLATE, run=run)
+    runner = make_runner(run)
     assert runner.trigger("web", "operator") is True
     runner.close()
-    assert run.calls == [["ansible-playbook", "autoscale.yml", "-e", "skynet_autoscale_limit=web"]]
+    assert run.calls == ["web"]
     assert runner.counts == {"triggers": {"operator": 1}, "runs": {"ok": 1, "failed": 0}, "ignored": 0}
     assert idle(runner)
 
 
 def test_triggers_during_a_run_coalesce_into_exactly_one_more_run(make_runner):
     run = Recorder(blocking=True)
-    runner = make_runner(TEMPLATE, run=run)
+    runner = make_runner(run)
     assert runner.trigger("web", "wake")
     assert run.started.wait(WAIT)
     for source in ("wake", "alert", "operator", "alert"):
@@ -224,7 +228,7 @@ def test_triggers_during_a_run_coalesce_into_exactly_one_more_run(make_runner):
 
 def test_a_trigger_after_a_run_makes_a_new_run(make_runner):
     run = Recorder()
-    runner = make_runner(TEMPLATE, run=run)
+    runner = make_runner(run)
     runner.trigger("web", "wake")
     wait_until(lambda: idle(runner) and len(run.calls) == 1)
     runner.trigger("web", "wake")
@@ -236,23 +240,23 @@ def test_two_services_run_side_by_side(make_runner):
     both = threading.Barrier(2, timeout=WAIT)
     ran = []
 
-    def run(argv):
+    def run(service):
         both.wait()  # breaks (and the run fails) unless the other service runs at the same time
-        ran.append(argv[-1])
+        ran.append(service)
         return True
 
-    runner = make_runner(TEMPLATE, run=run)
+    runner = make_runner(run)
     assert runner.trigger("web", "wake")
     assert runner.trigger("db", "alert")
     runner.close()
-    assert sorted(ran) == ["skynet_autoscale_limit=db", "skynet_autoscale_limit=web"]
+    assert sorted(ran) == ["db", "web"]
     assert runner.counts["runs"] == {"ok": 2, "failed": 0}
 
 
 def test_parallel_bounds_the_runs_at_once(make_runner):
     at_once, most, lock = [0], [0], threading.Lock()
 
-    def run(_argv):
+    def run(_service):
         with lock:
             at_once[0] += 1
             most[0] = max(most[0], at_once[0])
@@ -261,7 +265,7 @@ def test_parallel_bounds_the_runs_at_once(make_runner):
             at_once[0] -= 1
         return True
 
-    runner = make_runner(TEMPLATE, parallel=1, run=run)
+    runner = make_runner(run, parallel=1)
     for service in ("web", "db", "api"):
         assert runner.trigger(service, "operator")
     runner.close()
@@ -272,7 +276,7 @@ def test_parallel_bounds_the_runs_at_once(make_runner):
 @pytest.mark.parametrize("name", ["Web", "web_blue", "", "../web", "web/x", None, 5, "a" * 64])
 def test_an_invalid_name_is_refused_and_counted(make_runner, name):
     run = Recorder()
-    runner = make_runner(TEMPLATE, run=run)
+    runner = make_runner(run)
     assert runner.trigger(name, "operator") is False
     runner.close()
     assert run.calls == []
@@ -281,7 +285,7 @@ def test_an_invalid_name_is_refused_and_counted(make_runner, name):
 
 def test_a_service_not_watched_is_refused_and_counted(make_runner):
     run = Recorder()
-    runner = make_runner(TEMPLATE, services=["web"], run=run)
+    runner = make_runner(run, services=["web"])
     assert runner.trigger("db", "alert") is False
     assert runner.trigger("api", "operator") is False
     assert runner.trigger("web", "alert") is True
@@ -293,7 +297,7 @@ def test_a_service_not_watched_is_refused_and_counted(make_runner):
 
 def test_without_services_every_valid_name_is_watched(make_runner):
     run = Recorder()
-    runner = make_runner(TEMPLATE, services=None, run=run)
+    runner = make_runner(run, services=None)
     assert runner.trigger("anything", "operator")
     runner.close()
     assert run.services() == ["anything"]
@@ -302,13 +306,13 @@ def test_without_services_every_valid_name_is_watched(make_runner):
 def test_a_run_that_raises_is_counted_failed_and_later_triggers_still_run(make_runner):
     calls = []
 
-    def run(argv):
-        calls.append(argv)
+    def run(service):
+        calls.append(service)
         if len(calls) == 1:
             raise RuntimeError("ansible-playbook is not installed")
         return True
 
-    runner = make_runner(TEMPLATE, run=run)
+    runner = make_runner(run)
     assert runner.trigger("web", "wake")
     wait_until(lambda: idle(runner) and len(calls) == 1)
     assert runner.counts["runs"] == {"ok": 0, "failed": 1}
@@ -320,15 +324,15 @@ def test_a_run_that_raises_is_counted_failed_and_later_triggers_still_run(make_r
 def test_a_run_that_raises_still_makes_the_run_asked_for_during_it(make_runner):
     started, release, calls = threading.Event(), threading.Event(), []
 
-    def run(argv):
-        calls.append(argv)
+    def run(service):
+        calls.append(service)
         if len(calls) == 1:
             started.set()
             assert release.wait(WAIT)
             raise OSError("fork failed")
         return True
 
-    runner = make_runner(TEMPLATE, run=run)
+    runner = make_runner(run)
     runner.trigger("web", "wake")
     assert started.wait(WAIT)
     runner.trigger("web", "alert")
@@ -339,7 +343,7 @@ def test_a_run_that_raises_still_makes_the_run_asked_for_during_it(make_runner):
 
 
 def test_a_run_that_says_it_failed_is_counted_failed(make_runner):
-    runner = make_runner(TEMPLATE, run=Recorder(result=False))
+    runner = make_runner(Recorder(result=False))
     runner.trigger("web", "operator")
     runner.close()
     assert runner.counts["runs"] == {"ok": 0, "failed": 1}
@@ -347,7 +351,7 @@ def test_a_run_that_says_it_failed_is_counted_failed(make_runner):
 
 def test_the_duration_of_the_last_run_is_kept(make_runner):
     ticks = iter([100.0, 107.5])
-    runner = make_runner(TEMPLATE, run=Recorder(), clock=lambda: next(ticks))
+    runner = make_runner(Recorder(), clock=lambda: next(ticks))
     runner.trigger("web", "operator")
     runner.close()
     assert runner.last_seconds == {"web": 7.5}
@@ -355,7 +359,7 @@ def test_the_duration_of_the_last_run_is_kept(make_runner):
 
 def test_the_metrics_give_the_counters(make_runner):
     run = Recorder(blocking=True)
-    runner = make_runner(TEMPLATE, services=["web", "db"], run=run)
+    runner = make_runner(run, services=["web", "db"])
     runner.trigger("web", "operator")
     assert run.started.wait(WAIT)
     runner.trigger("web", "alert")
@@ -389,8 +393,87 @@ def test_the_metrics_give_the_counters(make_runner):
 
 
 def test_a_runner_that_ran_nothing_gives_zero_counters(make_runner):
-    lines = make_runner(TEMPLATE, run=Recorder()).metrics_text().splitlines()
+    lines = make_runner(Recorder()).metrics_text().splitlines()
     assert 'skynet_watcher_triggers_total{source="wake"} 0' in lines
     assert 'skynet_watcher_runs_total{result="ok"} 0' in lines
     assert "skynet_watcher_ignored_total 0" in lines
     assert "skynet_watcher_running 0" in lines
+
+
+# -- cycles ------------------------------------------------------------------------------------
+
+
+def test_a_command_cycle_runs_the_command_of_its_service_and_says_how_it_ended(tmp_path):
+    out = tmp_path / "ran"
+    assert CommandCycle(["sh", "-c", f"echo {{service}} > {out}"])("web") is True
+    assert out.read_text() == "web\n"
+    assert CommandCycle(["sh", "-c", "exit 3; : {service}"])("web") is False
+
+
+def _alive(pid):
+    """pid runs (a zombie, dead and not reaped yet, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_command_past_its_timeout_is_killed_with_its_children(tmp_path):
+    pids = tmp_path / "pids"
+    start = time.monotonic()
+    ok = CommandCycle(["sh", "-c", f"sleep 60 & echo $! > {pids}; wait; : {{service}}"], timeout=1)("web")
+    assert ok is False and time.monotonic() - start < 10
+    child = int(pids.read_text())
+    wait_until(lambda: not _alive(child))
+
+
+def test_a_resident_cycle_checks_its_arguments_as_the_module_does():
+    cycle = ResidentCycle({"services": "web", "lock_wait": "soon"}, timeout=60)
+    with pytest.raises(SkynetError, match=r"invalid skynet_scale arguments: .*lock_wait"):
+        cycle.check()
+
+
+def test_a_resident_cycle_that_cannot_run_is_a_failed_run_and_the_next_one_runs():
+    # No service named web in the definitions: the cycle refuses the limit before it reads anything.
+    cycle = ResidentCycle({"services": [], "consul_url": "http://127.0.0.1:1"}, token="s3cret", timeout=60)
+    cycle.check()
+    assert cycle("web") is False
+    assert cycle("web") is False
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+GOOD = {"consul_url": "http://127.0.0.1:8500", "services": ["web"]}
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ({**GOOD}, "give either cycle"),
+        ({**GOOD, "cycle": {"services": []}, "command": ["x", "{service}"]}, "give either cycle"),
+        ({**GOOD, "cycle": ["services"]}, "cycle must be a mapping"),
+        ({**GOOD, "cycle": {"services": [], "limit": ["web"]}}, "must not say limit"),
+        ({**GOOD, "cycle": {"services": [], "consul_token": "t"}}, "consul_token"),
+        ({**GOOD, "command": "ansible-playbook"}, "command must be a list of words"),
+        ({**GOOD, "command": ["ansible-playbook"]}, "never says {service}"),
+        ({**GOOD, "cycle": {"services": []}, "timeout": 0}, "timeout must be a number"),
+        ({**GOOD, "cycle": {"services": []}, "timeout": "1m"}, "timeout must be a number"),
+        ({**GOOD, "cycle": {"services": []}, "timeout": True}, "timeout must be a number"),
+        ({"services": ["web"], "cycle": {"services": []}}, "consul_url is missing"),
+        ({**GOOD, "services": ["Web"], "cycle": {"services": []}}, "services must be a list of service names"),
+    ],
+)
+def test_a_configuration_that_says_no_one_cycle_is_refused_naming_the_problem(tmp_path, config, problem):
+    path = tmp_path / "watcher.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(SkynetError, match=problem.replace("{", "\\{").replace("}", "\\}")):
+        load(str(path))
+
+
+@pytest.mark.parametrize("cycle", [{"cycle": {"services": []}, "timeout": 30}, {"command": ["run", "{service}"]}])
+def test_a_resident_or_a_command_cycle_is_a_configuration(tmp_path, cycle):
+    path = tmp_path / "watcher.json"
+    path.write_text(json.dumps({**GOOD, **cycle}))
+    config, token = load(str(path))
+    assert config == {**GOOD, **cycle} and token is None
