@@ -103,6 +103,31 @@ def validate(definitions, limit=None):
     return policies
 
 
+def triage(health, instances, state_raw, now, health_grace, unhealthy_after):
+    """(usable, uncounted, discard, left drained, unregistered, critical_since) by Consul health and age.
+
+    An instance in no catalog that was never seen failing was left by a run killed between its start and
+    its registration: it counts (it serves once registered) and is registered under the lock, not replaced
+    for a check it never had. One seen failing before is still failing (Consul deregisters a service
+    critical for its deregister_after)."""
+    previous = (state_raw or {}).get("critical_since") or {}
+    usable, uncounted, discard, drained, unregistered, critical_since = [], [], [], [], [], {}
+    for inst in instances:
+        status, in_maintenance = health.get(inst.id, (None, False))
+        if in_maintenance:
+            drained.append(inst)  # only a run that died mid-drain leaves one: its lock is ours now
+        elif status is None and inst.id not in previous:
+            usable.append(inst)
+            unregistered.append(inst)
+        elif status in ("passing", "warning") or now - inst.created < health_grace:
+            usable.append(inst)
+        else:
+            since = float(previous.get(inst.id, now))
+            critical_since[inst.id] = since
+            (discard if now - since >= unhealthy_after else uncounted).append(inst)
+    return usable, uncounted, discard, drained, unregistered, critical_since
+
+
 class Autoscaler:
     def __init__(
         self,
@@ -312,22 +337,6 @@ class Autoscaler:
             result.setdefault("warnings", []).append(f"the lock of {name} was not released cleanly: {problem}")
         return result
 
-    def _triage(self, health, instances, state_raw, now):
-        """(usable, uncounted, discard, left drained, critical_since) by Consul health and age."""
-        previous = (state_raw or {}).get("critical_since") or {}
-        usable, uncounted, discard, drained, critical_since = [], [], [], [], {}
-        for inst in instances:
-            status, in_maintenance = health.get(inst.id, (None, False))
-            if in_maintenance:
-                drained.append(inst)  # only a run that died mid-drain leaves one: its lock is ours now
-            elif status in ("passing", "warning") or now - inst.created < self.health_grace:
-                usable.append(inst)
-            else:
-                since = float(previous.get(inst.id, now))
-                critical_since[inst.id] = since
-                (discard if now - since >= self.unhealthy_after else uncounted).append(inst)
-        return usable, uncounted, discard, drained, critical_since
-
     def _decide_and_apply(self, definition, policy, values, lock, check_mode, dry_run, options, reads, held=None):
         """The decision, applied under lock. Without a lock (held is a list): a hold is returned with its writes
         appended to held; None when the decision needs a change, which is then for the locked path."""
@@ -346,7 +355,9 @@ class Autoscaler:
             lost = [i for i in self.registry.instances_on(name, set(hosts.lost), color) if i not in listed]
         state_raw, index = reads.state, reads.index
         state = State.from_dict(state_raw)
-        usable, uncounted, discard, drained, critical_since = self._triage(reads.health, instances, state_raw, now)
+        usable, uncounted, discard, drained, unregistered, critical_since = triage(
+            reads.health, instances, state_raw, now, self.health_grace, self.unhealthy_after
+        )
         # Only passing instances count towards the decided number, so a failing one, or one on a lost host,
         # gets a replacement at once (a failing one is removed once it failed for unhealthy_after).
         decided = state_raw.get("decided")
@@ -388,6 +399,11 @@ class Autoscaler:
             )
         if drained:
             notes.append(f"removing {len(drained)} instance(s) an interrupted run left drained")
+        if unregistered:
+            notes.append(
+                f"registering {len(unregistered)} instance(s) an interrupted run left unregistered: "
+                + ", ".join(i.id for i in unregistered)
+            )
         if away:
             notes.append(
                 f"{len(away)} instance(s) on host(s) not answering ({', '.join(sorted(hosts.in_grace))}) still counted "
@@ -416,7 +432,7 @@ class Autoscaler:
         health_state = {"critical_since": critical_since, "decided": decision.desired, "replacements_total": total}
         stored = {**new_state.as_dict(), **health_state}
         target = max(decision.desired - len(away), 0)
-        change = decision.action != "hold" or discard or drained or len(usable) < target
+        change = decision.action != "hold" or discard or drained or unregistered or len(usable) < target
         if lock is None:
             if change:
                 return None
