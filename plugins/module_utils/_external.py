@@ -14,7 +14,10 @@ import re
 
 AGENT, SKYNET, ESM = "agent", "skynet", "esm"
 PROBERS = (SKYNET, ESM)  # who runs the check of an external node
-NODE_META = {"external-node": "true", "external-probe": "true"}
+# The node meta of an external node, by who runs its checks: consul-esm adopts the nodes with its meta (and pings
+# them), so the nodes Skynet checks carry another, which consul-esm leaves alone.
+ESM_NODE_META = {"external-node": "true", "external-probe": "true"}
+SKYNET_NODE_META = {"skynet-external": "true"}
 MAINTENANCE = "_service_maintenance:"  # the prefix of the check an agent adds in maintenance mode
 DEFINITION_KEYS = ("HTTP", "TCP", "Interval", "Timeout", "DeregisterCriticalServiceAfter")
 DEFAULT_TIMEOUT = 10.0  # Consul's, for a check that states none
@@ -35,14 +38,15 @@ def maintenance_id(service_id):
     return MAINTENANCE + service_id
 
 
-def catalog_registration(body, node):
-    """The /v1/catalog/register body of an agent registration() body, on node (the instance's own).
+def catalog_registration(body, node, prober=SKYNET):
+    """The /v1/catalog/register body of an agent registration() body, on node (the instance's own), with the node
+    meta of who runs its check (prober: skynet or esm).
 
     A new check starts critical, as on an agent, until its first probe."""
     out = {
         "Node": node,
         "Address": body["Address"],
-        "NodeMeta": dict(NODE_META),
+        "NodeMeta": dict(ESM_NODE_META if prober == ESM else SKYNET_NODE_META),
         "Service": {
             "ID": body["ID"],
             "Service": body["Name"],

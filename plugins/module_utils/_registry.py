@@ -233,7 +233,8 @@ class Registry:
         body = registration(instance, health, tags)
         if ext.is_external(instance):
             self._catalog_register(
-                f"register {body['ID']} on its node {instance.id}", ext.catalog_registration(body, instance.id)
+                f"register {body['ID']} on its node {instance.id}",
+                ext.catalog_registration(body, instance.id, instance.checked_by),
             )
             return
         self.agent_call(instance, f"register {body['ID']}", lambda agent: register_call(agent, body))
@@ -281,20 +282,24 @@ class Registry:
     def keep_checked(self, instances, parallel=16):
         """Runs the checks of those instances Skynet checks (external nodes without consul-esm) and writes each
         status that changed, with a check-and-set on the check's ModifyIndex: a status that consul-esm or another
-        run wrote since is left as it is (the next run probes again). Writes nothing when nothing changed.
+        run wrote since is left as it is (the next run probes again). Writes nothing when nothing changed. An
+        instance that is not running (stopped, terminating) is critical without a probe: it leaves DNS at once.
         Returns the number of statuses written."""
-        mine = [i for i in instances if getattr(i, "checked_by", ext.AGENT) == ext.SKYNET]
+        mine = {i.id: i for i in instances if getattr(i, "checked_by", ext.AGENT) == ext.SKYNET}
         if not mine:
             return 0
-        nodes, services = {i.id for i in mine}, sorted({i.service for i in mine})
-        external = {"external-node": "true"}
+        services = sorted({i.service for i in mine.values()})
         if len(services) == 1:
             what, read, args = f"read the checks of {services[0]}", self.client.health.checks, (services[0],)
         else:
             what, read, args = "read the checks of the external nodes", self.client.health.state, ("any",)
-        found = self.call(what, read, *args, node_meta=external)[1]
-        checks = [c for c in found or () if c.get("Node") in nodes and ext.probe_target(c)]
-        probed = probe_all({(c["Node"], c["CheckID"]): ext.probe_target(c) for c in checks}, parallel)
+        found = self.call(what, read, *args, node_meta=ext.SKYNET_NODE_META)[1]
+        checks = [c for c in found or () if c.get("Node") in mine and ext.probe_target(c)]
+        running = [c for c in checks if mine[c["Node"]].state == "running"]
+        probed = probe_all({(c["Node"], c["CheckID"]): ext.probe_target(c) for c in running}, parallel)
+        for c in checks:
+            if mine[c["Node"]].state != "running":
+                probed[(c["Node"], c["CheckID"])] = ("critical", f"skynet: the instance is {mine[c['Node']].state}")
         writes = ext.changes(checks, probed)
         return len(writes) - self._transact(ext.cas_ops(writes), "write the health of external nodes")
 

@@ -43,6 +43,7 @@ from ansible_collections.cyberdyne.skynet.plugins.module_utils._scale_snapshot i
     Reads,
     color_of,
     release_of,
+    split_running,
 )
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._service import Desired, ServiceConverger
 
@@ -106,17 +107,18 @@ def validate(definitions, limit=None):
 def triage(health, instances, state_raw, now, health_grace, unhealthy_after):
     """(usable, uncounted, discard, left drained, unregistered, critical_since) by Consul health and age.
 
-    An instance in no catalog that was never seen failing was left by a run killed between its start and
-    its registration: it counts (it serves once registered) and is registered under the lock, not replaced
-    for a check it never had. One seen failing before is still failing (Consul deregisters a service
-    critical for its deregister_after)."""
+    An instance in no catalog that no cycle saw registered (state "registered") or failing was left by a run
+    killed between its start and its registration: it counts (it serves once registered) and is registered under
+    the lock, not replaced for a check it never had. One seen before is failing: Consul deregisters a service
+    critical for its deregister_after."""
     previous = (state_raw or {}).get("critical_since") or {}
+    seen = set((state_raw or {}).get("registered") or ())
     usable, uncounted, discard, drained, unregistered, critical_since = [], [], [], [], [], {}
     for inst in instances:
         status, in_maintenance = health.get(inst.id, (None, False))
         if in_maintenance:
             drained.append(inst)  # only a run that died mid-drain leaves one: its lock is ours now
-        elif status is None and inst.id not in previous:
+        elif status is None and inst.id not in previous and inst.id not in seen:
             usable.append(inst)
             unregistered.append(inst)
         elif status in ("passing", "warning") or now - inst.created < health_grace:
@@ -218,9 +220,11 @@ class Autoscaler:
         driver = self.computes.driver_of(definition)
         color = color_of(definition, self.registry.read_json(f"{BLUEGREEN_PREFIX}/{name}/live"))
         state, index = self.registry.read_versioned(self._key(name, "state"), {})
+        instances, dead = split_running(driver.list(name, color))
         return Reads(
             color=color,
-            instances=[i for i in driver.list(name, color) if i.state == "running"],
+            instances=instances,
+            dead=dead,
             state=state if isinstance(state, dict) else {},
             index=index,
             health=self.registry.health(name),
@@ -362,7 +366,8 @@ class Autoscaler:
         # gets a replacement at once (a failing one is removed once it failed for unhealthy_after).
         decided = state_raw.get("decided")
         decided = decided if isinstance(decided, int) and not isinstance(decided, bool) else None
-        current = counted(len(usable), len(away), len(uncounted) + len(discard) + len(lost), decided)
+        dead = reads.dead
+        current = counted(len(usable), len(away), len(uncounted) + len(discard) + len(lost) + len(dead), decided)
         decision, new_state = decide(policy, current, values, state, now, wake=reads.wake)
         control, control_error, desired, action, reason = _control.apply(
             reads.control, name, decision.current, decision.desired, decision.action, decision.reason
@@ -399,6 +404,8 @@ class Autoscaler:
             )
         if drained:
             notes.append(f"removing {len(drained)} instance(s) an interrupted run left drained")
+        if dead:
+            notes.append(f"removing {len(dead)} instance(s) that stopped running: " + ", ".join(i.id for i in dead))
         if unregistered:
             notes.append(
                 f"registering {len(unregistered)} instance(s) an interrupted run left unregistered: "
@@ -429,10 +436,16 @@ class Autoscaler:
         if check_mode or dry_run or control_error:
             return result
 
-        health_state = {"critical_since": critical_since, "decided": decision.desired, "replacements_total": total}
+        health_state = {
+            "critical_since": critical_since,
+            "decided": decision.desired,
+            "replacements_total": total,
+            # The instances seen in the catalog (or registered now): one of them missing later was deregistered.
+            "registered": sorted(i.id for i in instances if i.id in reads.health or i in unregistered),
+        }
         stored = {**new_state.as_dict(), **health_state}
         target = max(decision.desired - len(away), 0)
-        change = decision.action != "hold" or discard or drained or unregistered or len(usable) < target
+        change = decision.action != "hold" or discard or drained or dead or unregistered or len(usable) < target
         if lock is None:
             if change:
                 return None
@@ -474,7 +487,7 @@ class Autoscaler:
                 health_state["decided"] = decided
                 self.registry.write_json(self._key(name, "state"), {**state.as_dict(), **health_state})
             self.registry.write_json(self._key(name, "last"), result)
-            if decision.action != "hold" or result["error"] or discard or drained:
+            if decision.action != "hold" or result["error"] or discard or drained or dead:
                 history = self.registry.read_json(self._key(name, "history"), [])
                 self.registry.write_json(self._key(name, "history"), [*history, result][-HISTORY:])
         except SkynetError as e:

@@ -11,7 +11,7 @@ live, under its lock: the snapshot only decides that nothing needs doing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ansible_collections.cyberdyne.skynet.plugins.module_utils import _names, _wake
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._control import LEAF as CONTROL
@@ -48,6 +48,16 @@ class Reads:
     locked: bool = False
     control: object = None  # the raw control record (see _control), None without one
     wake: int = 0  # ModifyIndex of the service's wake record (see _wake), 0 without one
+    dead: list = field(default_factory=list)  # its instances that stopped running (exited, stopped, terminating)
+
+
+DEAD_STATES = ("created", "exited", "dead", "stopping", "stopped", "terminating")
+
+
+def split_running(instances):
+    """(running, dead) of listed instances: dead ones stopped (or never started) and are only to be removed; an
+    instance restarting or paused is neither."""
+    return [i for i in instances if i.state == "running"], [i for i in instances if i.state in DEAD_STATES]
 
 
 class CycleSnapshot:
@@ -67,7 +77,7 @@ class CycleSnapshot:
                 self.instances.setdefault((id(driver), inst.service, inst.color), []).append(inst)
         if keep_checked:
             # The checks Skynet runs itself (EC2 without consul-esm) are run now, so the health read next is fresh.
-            registry.keep_checked([i for found in self.instances.values() for i in found if i.state == "running"])
+            registry.keep_checked([i for found in self.instances.values() for i in found])
         self.health = registry.health_all()
 
     def state_key(self, service):
@@ -85,7 +95,7 @@ class CycleSnapshot:
         name = definition["name"]
         color = color_of(definition, self.bluegreen.get(f"{name}/live"))
         driver = self.drivers[name]
-        instances = [i for i in self.instances.get((id(driver), name, color), ()) if i.state == "running"]
+        instances, dead = split_running(self.instances.get((id(driver), name, color), ()))
         state, index = self.states.get(self.state_key(name), ({}, 0))
         known = self.health.get(name, {})
         health = {i.id: known[service_id(i)] for i in instances if service_id(i) in known}
@@ -101,4 +111,5 @@ class CycleSnapshot:
             locked=name in self.locked,
             control=self.states.get(self.control_key(name), (None, 0))[0],
             wake=self.wakes.get(_wake.key(name), 0),
+            dead=dead,
         )

@@ -98,9 +98,10 @@ def assert_registered(consul, ec2, service, ami):
         where = {"skynet_host": inst["SubnetId"], "skynet_zone": inst["Placement"]["AvailabilityZone"]}
         assert entry["ServiceMeta"] == {"skynet_instance": iid, "skynet_color": "blue", "skynet_image": ami, **where}
         assert entry["Node"] == iid and entry["Address"] == inst["PrivateIpAddress"]
-        assert entry["NodeMeta"] == {"external-node": "true", "external-probe": "true"}
+        # Skynet runs its check (ec2_health skynet): not the meta consul-esm adopts.
+        assert entry["NodeMeta"] == {"skynet-external": "true"}
         assert checks[entry["ServiceID"]]["Definition"]["TCP"] == f"{inst['PrivateIpAddress']}:9090"
-    external = consul.api("GET", "catalog/nodes", params={"node-meta": "external-node:true"})
+    external = consul.api("GET", "catalog/nodes", params={"node-meta": "skynet-external:true"})
     assert {n["Node"] for n in external} >= set(running)
     return running
 

@@ -20,7 +20,7 @@ from harness.proc import wait_for
 COMPUTE = "cyberdyne.skynet.skynet_compute"
 SCALE = "cyberdyne.skynet.skynet_scale"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-NODE_META = {"external-node": "true", "external-probe": "true"}
+NODE_META = {"skynet-external": "true"}  # ec2_health skynet: not the meta consul-esm adopts
 HEALTH = {"path": "/health", "interval": "1s", "timeout": "1s"}
 FSM = ("consul_fsm_register_count", "consul_fsm_deregister_count", "consul_fsm_txn_count")
 
@@ -52,7 +52,7 @@ def running(ec2, service, states=("pending", "running")):
 
 def external_nodes(consul, service):
     """The external nodes of the catalog that hold an instance of service."""
-    external = {n["Node"] for n in consul.api("GET", "catalog/nodes", params={"node-meta": "external-node:true"})}
+    external = {n["Node"] for n in consul.api("GET", "catalog/nodes", params={"node-meta": "skynet-external:true"})}
     return {e["Node"] for e in consul.api("GET", f"catalog/service/{service}")} & external
 
 
@@ -238,3 +238,46 @@ def test_a_failing_instance_turns_critical_at_the_next_cycle_and_is_replaced_the
         gone = run_module(COMPUTE, {**compute, "state": "absent"})
         assert not gone.get("failed"), gone.get("msg")
     assert external_nodes(consul, service) == set() and left_nodes(consul, ec2, service) == []
+
+
+def test_an_instance_stopped_outside_skynet_leaves_dns_and_is_replaced_at_the_next_cycle_despite_the_cooldown(
+    consul, moto, ec2, vpc, ami, unique
+):
+    """A spot reclaim, an operator: EC2 stops an instance. Its node is no agent's, so nothing but the cycle takes
+    it out: the next one removes it (its node goes) and starts its replacement, which no cooldown holds back."""
+    service = unique("api")
+    computes = {"aws": {"type": "ec2", "region": "us-east-1", "endpoint_url": moto.url, "subnets": vpc.subnets}}
+    scaling = {"min": 0, "max": 4, "cooldown_up": 600, "cooldown_down": 600, "stabilization_window": 0}
+    definition = {"name": service, "compute": "aws", "image": ami, "port": vpc.port, "health": HEALTH}
+    definition["scaling"] = {**scaling, "checks": [{"name": "load", "value": 20, "aggregate": "total", "target": 10}]}
+    cycle = {
+        "services": [definition],
+        "computes": computes,
+        "consul_url": consul.url,
+        **CREDENTIALS,
+        "prometheus_url": "http://127.0.0.1:9",  # unused: the check's value is given
+        "drain_period": 0,
+        "wait_timeout": 60,
+    }
+    try:
+        first = run_module(SCALE, cycle)
+        assert first["decisions"][0]["applied"], first
+        vms = running(ec2, service)
+        assert len(vms) == 2 and external_nodes(consul, service) == set(vms)
+
+        gone = sorted(vms)[0]
+        ec2.stop_instances(InstanceIds=[gone])
+        wait_for(lambda: gone not in running(ec2, service), 30, "the instance stopped")
+        second = run_module(SCALE, cycle)
+        (decision,) = second["decisions"]
+        assert decision["applied"] and "that stopped running: " + gone in decision["reason"], decision
+        assert consul.api("GET", f"catalog/node/{gone}") is None, "the stopped instance's node was left"
+        vms = running(ec2, service)
+        assert gone not in vms and len(vms) == 2 and external_nodes(consul, service) == set(vms)
+        assert len(consul.api("GET", f"health/service/{service}", params={"passing": "1"})) == 2
+        assert left_nodes(consul, ec2, service) == []
+    finally:
+        compute = {k: cycle[k] for k in ("computes", "consul_url", "aws_access_key_id", "aws_secret_access_key")}
+        compute.update(service=service, compute="aws", image=ami, port=vpc.port, health=HEALTH, state="absent")
+        removed = run_module(COMPUTE, compute)
+        assert not removed.get("failed"), removed.get("msg")

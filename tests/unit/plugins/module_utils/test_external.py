@@ -39,7 +39,7 @@ def test_the_catalog_registration_is_the_agent_one_on_a_node_of_its_own(health, 
     assert catalog_registration(body, "i-0abc") == {
         "Node": "i-0abc",
         "Address": "10.0.1.7",
-        "NodeMeta": {"external-node": "true", "external-probe": "true"},
+        "NodeMeta": {"skynet-external": "true"},
         "Service": {
             "ID": "skynet-api-i-0abc",
             "Service": "api",
@@ -186,3 +186,11 @@ def test_each_write_is_a_check_and_set_on_the_index_it_was_read_at():
     ops = cas_ops([{**check("i-1", "critical", 7), "Status": "passing"}])
     assert ops == [{"Check": {"Verb": "cas", "Check": {**check("i-1", "critical", 7), "Status": "passing"}}}]
     assert ops[0]["Check"]["Check"]["ModifyIndex"] == 7
+
+
+@pytest.mark.parametrize(
+    ("prober", "meta"),
+    [("skynet", {"skynet-external": "true"}), ("esm", {"external-node": "true", "external-probe": "true"})],
+)
+def test_the_node_meta_says_who_runs_the_check_so_consul_esm_adopts_only_its_own(prober, meta):
+    assert catalog_registration(registration(EC2, {}, ()), "i-0abc", prober)["NodeMeta"] == meta
