@@ -10,7 +10,7 @@ definition, which consul-esm runs, or Skynet when it probes (statuses() and chan
 
 from __future__ import annotations
 
-import re
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _durations
 
 AGENT, SKYNET, ESM = "agent", "skynet", "esm"
 PROBERS = (SKYNET, ESM)  # who runs the check of an external node
@@ -21,8 +21,6 @@ SKYNET_NODE_META = {"skynet-external": "true"}
 MAINTENANCE = "_service_maintenance:"  # the prefix of the check an agent adds in maintenance mode
 DEFINITION_KEYS = ("HTTP", "TCP", "Interval", "Timeout", "DeregisterCriticalServiceAfter")
 DEFAULT_TIMEOUT = 10.0  # Consul's, for a check that states none
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def is_external(instance):
@@ -90,13 +88,8 @@ def maintenance_registration(node, address, service_id, reason):
 
 def duration(text, default=DEFAULT_TIMEOUT):
     """Seconds of a Go duration as Consul writes them ("1s", "1m30s", "500ms"); default when absent or invalid."""
-    if not isinstance(text, str) or not text:
-        return default
-    parts = _DURATION.findall(text)
-    if "".join(n + u for n, u in parts) != text:
-        return default
-    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    return seconds if seconds > 0 else default
+    seconds = _durations.seconds(text, _durations.GO)
+    return seconds if seconds else default
 
 
 def probe_target(check):

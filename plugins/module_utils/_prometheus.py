@@ -9,6 +9,7 @@ import json
 import re
 from urllib.parse import urlsplit, urlunsplit
 
+from ansible_collections.cyberdyne.skynet.plugins.module_utils import _durations
 from ansible_collections.cyberdyne.skynet.plugins.module_utils._errors import SkynetError
 
 try:
@@ -23,8 +24,6 @@ except ImportError as e:  # pragma: no cover - reported by the caller
 DEFAULT_URL = "http://127.0.0.1:9090"
 RESULT_TYPES = ("auto", "scalar", "vector")
 
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
 _NOW_MINUS = re.compile(r"now(?:\s*-\s*(.+))?")
 
 
@@ -87,10 +86,10 @@ def parse_duration(text):
         return float(text)
     except ValueError:
         pass
-    pieces = _DURATION.findall(text)
-    if not pieces or "".join(n + u for n, u in pieces) != text:
+    found = _durations.seconds(text, _durations.PROMETHEUS)
+    if found is None:
         raise SkynetError(f"{text!r} is not a duration such as 30s, 5m or 1h30m")
-    return sum(float(n) * _UNITS[u] for n, u in pieces)
+    return found
 
 
 def resolve_time(value, now, name="time"):
