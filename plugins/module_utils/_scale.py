@@ -467,12 +467,13 @@ class Autoscaler:
                 uncounted=tuple(i.id for i in uncounted),
                 **options,
             )
+            # The driver is shared by the cycle's services: what refused before this change is not this one's.
+            known = {**hosts.in_grace, **hosts.lost, **driver.unavailable()}
             try:
                 ServiceConverger(driver, self.registry, fence=lock.fence).converge(desired)
                 result["applied"] = True
             except SkynetError as e:
                 result["error"] = str(e)
-            known = {**hosts.in_grace, **hosts.lost}
             failed = {h: why for h, why in driver.unavailable().items() if h not in known}
             if failed:
                 # Hosts (EC2 subnets) that refused a start in this change: what they refused started elsewhere.
